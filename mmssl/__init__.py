@@ -1,0 +1,2 @@
+"""mmssl: multimodal self-supervised representation learning."""
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""The Domino taxonomy: CR, XX, CC and RR terms and their composition by name.
+
+Fedorov et al., "Self-Supervised Multimodal Domino: in Search of Biomarkers for Alzheimer's
+Disease" (arXiv 2012.13623, §2–3; NeuroImage 285:120485, 2024). For modality i let
+:math:`C_i` be the projected local features of an encoder layer (all L locations) and
+:math:`R_i` the projected global representation. With :math:`I(\\cdot;\\cdot)` the InfoNCE
+bound of :func:`mmssl.objectives.infonce.infonce` (anchor first, candidates second):
+
+=====  ===========================================  =====================================
+mode   terms                                        scope
+=====  ===========================================  =====================================
+CR     :math:`I(R_i; C_i)` for every i               within a modality, global–local (DIM)
+XX     :math:`I(R_i; C_j)` for every i ≠ j           across, global–local
+CC     :math:`I(C_i[\\ell]; C_j)`, ℓ random, i ≠ j   across, local–local
+RR     :math:`I(R_j; R_i)` for every i ≠ j           across, global–global (CMC-like)
+=====  ===========================================  =====================================
+
+A model is any non-empty subset of the modes, written in the canonical order ``CR-XX-CC-RR``.
+The total loss is :math:`\\sum_m w_m \\sum_{t \\in m} \\mathrm{nce}_t + \\sum_t \\mathrm{pen}_t`
+(each mode weight applied exactly once — the reference squared the XX weight — and penalties
+unweighted as in the reference unless ``weight_penalty`` is set). Cross-modal modes loop over
+all ordered pairs of modalities, so any number of modalities works.
+
+This module is pure: it knows nothing about encoders, files or training loops.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mmssl.objectives.infonce import CRITICS, Critic, InfoNCEResult, infonce
+
+MODES: tuple[str, ...] = ("CR", "XX", "CC", "RR")
+CROSS_MODAL_MODES: frozenset[str] = frozenset({"XX", "CC", "RR"})
+
+
+class ObjectiveError(ValueError):
+    """An objective name or weight that does not describe a taxonomy model."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A taxonomy model: a non-empty set of modes kept in canonical ``CR-XX-CC-RR`` order."""
+
+    modes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise ObjectiveError("an objective needs at least one mode of " + ", ".join(MODES))
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ObjectiveError(
+                f"unknown mode(s) {', '.join(unknown)}; valid modes: {', '.join(MODES)}"
+            )
+        if len(set(self.modes)) != len(self.modes):
+            raise ObjectiveError(f"repeated mode in {'-'.join(self.modes)}")
+        canonical = tuple(m for m in MODES if m in self.modes)
+        object.__setattr__(self, "modes", canonical)
+
+    @classmethod
+    def parse(cls, name: str) -> Objective:
+        """Parse ``"XX-CR"``, ``"cr-xx"``, ``"CR+XX"`` … into the canonical objective."""
+        parts = [p.strip().upper() for p in name.replace("+", "-").split("-") if p.strip()]
+        try:
+            return cls(tuple(parts))
+        except ObjectiveError as error:
+            raise ObjectiveError(
+                f"bad objective {name!r}: {error}. Valid objectives: {', '.join(all_objectives())}"
+            ) from None
+
+    @property
+    def name(self) -> str:
+        """Canonical hyphenated name, e.g. ``CR-XX-CC-RR``."""
+        return "-".join(self.modes)
+
+    @property
+    def is_cross_modal(self) -> bool:
+        """Whether any mode relates two modalities."""
+        return any(m in CROSS_MODAL_MODES for m in self.modes)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def all_objectives() -> list[str]:
+    """All 15 non-empty subsets of the modes, canonical names, by size then canonical order."""
+    return [
+        "-".join(combo)
+        for size in range(1, len(MODES) + 1)
+        for combo in itertools.combinations(MODES, size)
+    ]
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """Settings of the InfoNCE estimator shared by all terms (paper defaults, §2)."""
+
+    critic: Critic = "scaled_dot"
+    clip: float | None = 20.0
+    penalty_weight: float = 0.04
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.critic not in CRITICS:
+            raise ObjectiveError(f"unknown critic {self.critic!r}; valid: {', '.join(CRITICS)}")
+        if self.clip is not None and self.clip <= 0:
+            raise ObjectiveError(f"clip must be positive or null; got {self.clip}")
+        if self.penalty_weight < 0:
+            raise ObjectiveError(f"penalty_weight must be ≥ 0; got {self.penalty_weight}")
+        if self.temperature <= 0:
+            raise ObjectiveError(f"temperature must be positive; got {self.temperature}")
+
+    def __call__(self, anchors: Tensor, candidates: Tensor) -> InfoNCEResult:
+        return infonce(
+            anchors,
+            candidates,
+            critic=self.critic,
+            clip=self.clip,
+            penalty_weight=self.penalty_weight,
+            temperature=self.temperature,
+        )
+
+
+@dataclass
+class TaxonomyLoss:
+    """The total loss and every term, for logging.
+
+    ``terms`` maps ``MODE/layer/anchor:candidates`` (``RR/anchor:candidates`` for RR) to the
+    InfoNCE loss and the same name plus ``/penalty`` to the term's score penalty.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+def sample_locations(features: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One uniformly random location per sample of (B, C, L) features → (B, C, 1).
+
+    Indices are drawn on the generator's device (or the features' device without a generator)
+    and gathered: no one-hot masks, nothing tied to a particular device.
+    """
+    batch, channels, n_locations = features.shape
+    draw_device = generator.device if generator is not None else features.device
+    index = torch.randint(n_locations, (batch,), generator=generator, device=draw_device)
+    index = index.to(features.device).view(batch, 1, 1).expand(batch, channels, 1)
+    return features.gather(2, index)
+
+
+def resolve_weights(objective: Objective, weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Weight per enabled mode (1 by default); rejects weights for modes not in the objective."""
+    weights = dict(weights or {})
+    unknown = [m for m in weights if m not in objective.modes]
+    if unknown:
+        raise ObjectiveError(
+            f"weights given for mode(s) {', '.join(unknown)} not in objective {objective.name}; "
+            f"its modes: {', '.join(objective.modes)}"
+        )
+    for mode, value in weights.items():
+        if value < 0:
+            raise ObjectiveError(f"weight of {mode} must be ≥ 0; got {value}")
+    return {m: float(weights.get(m, 1.0)) for m in objective.modes}
+
+
+def taxonomy_loss(
+    local: Mapping[str, Mapping[str, Tensor]],
+    global_: Mapping[str, Tensor],
+    objective: Objective,
+    *,
+    estimator: EstimatorSettings | None = None,
+    weights: Mapping[str, float] | None = None,
+    weight_penalty: bool = False,
+    generator: torch.Generator | None = None,
+) -> TaxonomyLoss:
+    """Compose the enabled modes into one loss.
+
+    Args:
+        local: modality → layer name → projected local features (B, C, L).
+        global_: modality → projected global representation (B, C).
+        objective: the enabled modes.
+        estimator: InfoNCE settings (paper defaults when ``None``).
+        weights: mode → weight (1 for modes not given); applied once per term.
+        weight_penalty: also multiply each term's penalty by its mode weight.
+        generator: random source for the CC anchor locations (reproducible, any device).
+
+    Returns:
+        :class:`TaxonomyLoss` with the total and each term.
+    """
+    estimator = estimator or EstimatorSettings()
+    mode_weights = resolve_weights(objective, weights)
+    modalities = list(global_)
+    if set(local) - set(modalities):
+        raise ObjectiveError(
+            f"local features for {sorted(set(local) - set(modalities))} have no global features"
+        )
+    if objective.is_cross_modal and len(modalities) < 2:
+        cross = [m for m in objective.modes if m in CROSS_MODAL_MODES]
+        raise ObjectiveError(
+            f"objective {objective.name} has cross-modal mode(s) {', '.join(cross)}, which need "
+            f"at least two modalities; got {modalities or 'none'}. Use CR for one modality."
+        )
+    if any(m in objective.modes for m in ("CR", "XX", "CC")) and not any(local.values()):
+        raise ObjectiveError(f"objective {objective.name} needs local features; none were given")
+
+    terms: dict[str, Tensor] = {}
+    total = next(iter(global_.values())).new_zeros(())
+
+    def add(mode: str, name: str, result: InfoNCEResult) -> None:
+        nonlocal total
+        weight = mode_weights[mode]
+        terms[name] = result.loss
+        terms[f"{name}/penalty"] = result.penalty
+        total = total + weight * result.loss + (weight if weight_penalty else 1.0) * result.penalty
+
+    def as_anchor(vector: Tensor) -> Tensor:
+        return vector.unsqueeze(-1)
+
+    pairs = list(itertools.permutations(modalities, 2))
+    if "CR" in objective.modes:
+        for modality in modalities:
+            for layer, features in local.get(modality, {}).items():
+                add("CR", f"CR/{layer}/{modality}",
+                    estimator(as_anchor(global_[modality]), features))
+    if "XX" in objective.modes:
+        for anchor, other in pairs:
+            for layer, features in local.get(other, {}).items():
+                add("XX", f"XX/{layer}/{anchor}:{other}",
+                    estimator(as_anchor(global_[anchor]), features))
+    if "CC" in objective.modes:
+        for anchor, other in pairs:
+            shared = [k for k in local.get(anchor, {}) if k in local.get(other, {})]
+            if not shared:
+                raise ObjectiveError(
+                    f"CC needs a layer tapped in both {anchor} and {other}; got "
+                    f"{sorted(local.get(anchor, {}))} and {sorted(local.get(other, {}))}"
+                )
+            for layer in shared:
+                anchors = sample_locations(local[anchor][layer], generator)
+                add("CC", f"CC/{layer}/{anchor}:{other}", estimator(anchors, local[other][layer]))
+    if "RR" in objective.modes:
+        for candidates, anchor in pairs:
+            add("RR", f"RR/{anchor}:{candidates}",
+                estimator(as_anchor(global_[anchor]), as_anchor(global_[candidates])))
+    return TaxonomyLoss(total=total, terms=terms)
