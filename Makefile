@@ -18,7 +18,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/mmssl sweep --preset quick --out $(OUT)
+	$(VENV)/bin/mmssl sweep --preset quick --objectives CR,XX,RR,CR-XX-CC-RR --out $(OUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q

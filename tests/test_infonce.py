@@ -19,7 +19,8 @@ def loop_oracle(anchors, candidates, *, clip, penalty_weight, scale):
         for j in range(batch):
             for a in range(n_cand):
                 for b in range(n_anchor):
-                    raw[i, j, a, b] = (anchors[i, :, b].double() @ candidates[j, :, a].double()) * scale
+                    dot = anchors[i, :, b].double() @ candidates[j, :, a].double()
+                    raw[i, j, a, b] = dot * scale
     penalty = penalty_weight * (raw**2).mean()
     s = clip * torch.tanh(raw / clip)
     terms = []
@@ -77,7 +78,7 @@ def test_mask_based_implementation_agrees():
 
 def test_symmetric_for_one_location_each():
     """With one location each, swapping roles transposes the score matrix: for a symmetric
-    score matrix (anchors == candidates) the loss is the same both ways, and penalties always are."""
+    score matrix (anchors == candidates) the loss is the same both ways; penalties always are."""
     torch.manual_seed(2)
     a = torch.randn(10, 16, 1)
     b = torch.randn(10, 16, 1)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mmssl.nn import DCGANEncoder, GlobalHead, LocalHead
-from mmssl.objectives.infonce import infonce
 from mmssl.objectives.taxonomy import (
     EstimatorSettings,
     Objective,

@@ -132,7 +132,9 @@ class DCGANEncoder(nn.Module):
         """Encode (B, C, *spatial) into z (B, latent) and the requested local taps."""
         expected = (self.in_channels,) + (self.input_size,) * self.spatial_dims
         if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"encoder expects inputs of shape (B, {expected}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"encoder expects inputs of shape (B, {expected}); got {tuple(x.shape)}"
+            )
         local: dict[str, Tensor] = {}
         for index, (conv, post) in enumerate(zip(self.convs, self.post, strict=True)):
             x = conv(x)

@@ -87,7 +87,8 @@ def infonce(
 
     .. math::
         \ell_{iab} = -\tilde s_{iiab}
-            + \log\Bigl(e^{\tilde s_{iiab}} + \sum_{j \ne i}\sum_{a', b'} e^{\tilde s_{ija'b'}}\Bigr)
+            + \log\Bigl(e^{\tilde s_{iiab}}
+                        + \sum_{j \ne i}\sum_{a', b'} e^{\tilde s_{ija'b'}}\Bigr)
           = \operatorname{softplus}\bigl(N_i - \tilde s_{iiab}\bigr),
         \quad N_i = \log \sum_{j \ne i}\sum_{a',b'} e^{\tilde s_{ija'b'}},
 

@@ -1,0 +1,270 @@
+"""The ``mmssl`` command: subcommands only, the logic lives in the library.
+
+    mmssl run      [--preset P | --config FILE] [--objective NAME] [--data-dir DIR] ...
+    mmssl pretrain [same flags]
+    mmssl evaluate RUN_DIR
+    mmssl sweep    --objectives CR,XX,RR,CR-XX-CC-RR [--preset P] ... --out DIR
+    mmssl list
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentParser
+from rich.console import Console
+from rich.table import Table
+
+from mmssl import config as cfg
+
+console = Console()
+
+#: shortcut flag → dotted configuration key
+SHORTCUTS: dict[str, str] = {
+    "method": "method",
+    "objective": "objective.name",
+    "data_dir": "data.data_dir",
+    "modalities": "data.modalities",
+    "epochs": "trainer.epochs",
+    "batch_size": "data.batch_size",
+    "seed": "seed",
+    "fold": "data.fold",
+    "accelerator": "trainer.accelerator",
+}
+
+
+def _config_flags(parser: ArgumentParser, *, objective: bool = True) -> None:
+    parser.add_argument("--preset", type=str | None, default=None,
+                        help=f"packaged preset: {', '.join(cfg.preset_names())}")
+    parser.add_argument("--config", type=str | None, default=None, help="YAML run configuration")
+    parser.add_argument("--method", type=str | None, default=None, help="method (see `list`)")
+    if objective:
+        parser.add_argument("--objective", type=str | None, default=None,
+                            help="taxonomy objective, e.g. CR-XX (see `mmssl list`)")
+    parser.add_argument("--data-dir", type=str | None, default=None,
+                        help="directory with MNIST-layout IDX files (default: embedded subset)")
+    parser.add_argument("--modalities", type=str | None, default=None,
+                        help="comma-separated modalities, e.g. rotated,noisy")
+    parser.add_argument("--epochs", type=int | None, default=None)
+    parser.add_argument("--batch-size", type=int | None, default=None)
+    parser.add_argument("--seed", type=int | None, default=None)
+    parser.add_argument("--fold", type=int | None, default=None)
+    parser.add_argument("--accelerator", type=str | None, default=None,
+                        help="auto (default), cpu, gpu, mps")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="override any key: --set optim.lr=1e-3 (repeatable)")
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _overrides(args: Any) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for flag, dotted in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag == "modalities":
+            value = [m.strip() for m in str(value).split(",") if m.strip()]
+        overrides[dotted] = value
+    for item in args.set or []:
+        if "=" not in item:
+            raise cfg.ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+        key, text = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(text)
+    return overrides
+
+
+def _resolved(args: Any) -> cfg.RunConfig:
+    return cfg.resolve(args.preset, Path(args.config) if args.config else None, _overrides(args))
+
+
+def _given_config_flags(args: Any) -> list[str]:
+    given = [f"--{flag.replace('_', '-')}" for flag in ("preset", "config", *SHORTCUTS)
+             if getattr(args, flag, None) is not None]
+    return given + (["--set"] if args.set else [])
+
+
+def _default_out(config: cfg.RunConfig) -> Path:
+    return Path("runs") / f"{config.objective.name}-seed{config.seed}-fold{config.data.fold}"
+
+
+def _train_config(args: Any) -> tuple[cfg.RunConfig | None, Path]:
+    if args.resume:
+        if args.out is None:
+            raise cfg.ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        given = _given_config_flags(args)
+        if given:
+            raise cfg.ConfigError(
+                f"--resume continues {args.out} with its saved config.yaml; drop "
+                f"{', '.join(given)}"
+            )
+        return None, Path(args.out)
+    config = _resolved(args)
+    return config, Path(args.out) if args.out else _default_out(config)
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """A rich table of split × modality metrics."""
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("modality")
+    names = sorted({k for per in metrics.values() for m in per.values() for k in m})
+    for name in names:
+        table.add_column(name, justify="right")
+    for split, per in metrics.items():
+        for modality, values in per.items():
+            table.add_row(split, modality, *[f"{values[n]:.4f}" if n in values else "–"
+                                             for n in names])
+    return table
+
+
+def cmd_train(args: Any, *, evaluate: bool) -> int:
+    from mmssl import pipeline
+
+    config, out = _train_config(args)
+    if evaluate:
+        metrics = pipeline.run(config, out, resume=args.resume)
+        console.print(metrics_table(metrics, f"Linear probe — {out}"))
+    else:
+        checkpoint = pipeline.pretrain(config, out, resume=args.resume)
+        console.print(f"pretrained: {checkpoint}", soft_wrap=True)
+    console.print(f"run directory: {out}", soft_wrap=True)
+    return 0
+
+
+def cmd_evaluate(args: Any) -> int:
+    from mmssl import pipeline
+
+    metrics = pipeline.evaluate(Path(args.run_dir), device=args.device)
+    console.print(metrics_table(metrics, f"Linear probe — {args.run_dir}"))
+    console.print(f"metrics: {Path(args.run_dir) / 'metrics.json'}", soft_wrap=True)
+    return 0
+
+
+def cmd_sweep(args: Any) -> int:
+    from mmssl.sweep import run_sweep
+
+    base = _resolved(args)
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    result = run_sweep(base, objectives, Path(args.out))
+    assert result.table_md and result.table_csv and result.figure
+    table = Table(title=f"Sweep {args.out}: {result.table_md.read_text().splitlines()[0]}")
+    header, _, *body = result.table_md.read_text().splitlines()[2:]
+    for column in [c.strip() for c in header.strip("|").split("|")]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for line in body:
+        table.add_row(*[c.strip() for c in line.strip("|").split("|")])
+    console.print(table)
+    console.print(f"table: {result.table_md} and {result.table_csv}", soft_wrap=True)
+    console.print(f"figure: {result.figure}", soft_wrap=True)
+    return 0
+
+
+def cmd_list(args: Any) -> int:
+    from mmssl.methods import METHODS
+    from mmssl.objectives.taxonomy import all_objectives
+
+    table = Table(title="mmssl")
+    table.add_column("kind")
+    table.add_column("names")
+    table.add_row("objectives", ", ".join(all_objectives()))
+    table.add_row("methods", ", ".join(sorted(METHODS)))
+    table.add_row("datasets", ", ".join(cfg.DATASETS))
+    table.add_row("presets", ", ".join(cfg.preset_names()))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    """The full command-line parser."""
+    parser = ArgumentParser(prog="mmssl", description="Multimodal self-supervised learning: "
+                            "the Domino taxonomy (CR, XX, CC, RR) and its evaluation.",
+                            exit_on_error=False)
+    sub = parser.add_subcommands(dest="command")
+    for name, help_text in (("run", "pretrain, then evaluate"), ("pretrain", "pretrain only")):
+        command = ArgumentParser(description=help_text, exit_on_error=False)
+        _config_flags(command)
+        command.add_argument("--out", type=str | None, default=None, help="run directory")
+        command.add_argument("--resume", action="store_true",
+                             help="continue the run in --out from its last checkpoint")
+        sub.add_subcommand(name, command, help=help_text)
+    evaluate = ArgumentParser(description="linear evaluation of a pretrained run",
+                              exit_on_error=False)
+    evaluate.add_argument("run_dir", type=str)
+    evaluate.add_argument("--device", type=str | None, default=None)
+    sub.add_subcommand("evaluate", evaluate, help="linear evaluation of a run directory")
+    sweep = ArgumentParser(description="several objectives, one table and figure",
+                           exit_on_error=False)
+    sweep.add_argument("--objectives", type=str, required=True,
+                       help="comma-separated objectives, e.g. CR,XX,RR,CR-XX-CC-RR")
+    _config_flags(sweep, objective=False)
+    sweep.add_argument("--out", type=str, required=True, help="sweep directory")
+    sub.add_subcommand("sweep", sweep, help="run several objectives and compare them")
+    sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
+                       help="objectives, methods, datasets and presets")
+    return parser
+
+
+def _configure_logging() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("mmssl")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # Lightning's banner lines (accelerators found, tips) are noise for our users. Lightning
+    # sets its loggers to INFO when imported, so import it first.
+    import lightning  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mmssl`` console script."""
+    from mmssl.objectives.taxonomy import ObjectiveError
+
+    _configure_logging()
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except Exception as error:  # jsonargparse's ArgumentError
+        command = next((a for a in argv if not a.startswith("-")), "")
+        console.print(f"[red]mmssl: error:[/red] {error}; see `mmssl {command} --help`".replace(
+            "  ", " "), highlight=False)
+        return 2
+    command = args.command
+    sub_args = args.get(command) if command else None
+    try:
+        if command in ("run", "pretrain"):
+            return cmd_train(sub_args, evaluate=command == "run")
+        if command == "evaluate":
+            return cmd_evaluate(sub_args)
+        if command == "sweep":
+            return cmd_sweep(sub_args)
+        if command == "list":
+            return cmd_list(sub_args)
+    except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:
+        console.print(f"[red]mmssl: error:[/red] {err}", highlight=False, soft_wrap=True)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,402 @@
+"""The Two-View MNIST data module: ``rotated`` and ``noisy`` views of the same digit.
+
+Splits:
+
+* **test** — the official MNIST test files, or the held-out stratified part of the embedded 5k
+  subset (see :func:`~mmssl.data.mnist.load_mnist`; its split seed is ``split_seed``, fixed by
+  default so the test set does not move with the training seed);
+* **train / val** — fold ``fold`` of a ``num_folds``-fold stratified split of the rest
+  (:func:`~mmssl.data.splits.stratified_fold`, seeded by ``seed``).
+
+Training views are random and generated on the accelerator after the batch is transferred
+(:meth:`TwoViewMnistDataModule.on_after_batch_transfer`); validation, test and ``train_eval``
+views are drawn once, on the CPU, and stored, so evaluation is identical across runs, processes
+and devices.
+
+Training-view seeding (resume-exact). Each training item carries its dataset ``"index"``. The
+shuffling sampler draws its permutation from ``derive_seed(seed, "shuffle", epoch)``, and the
+views of a batch are drawn from a fresh generator seeded with
+``derive_seed(seed, "train-views", epoch, index[0])``, where ``index[0]`` is the index of the
+batch's first item. Within an epoch the sampler yields each index at most once, so every batch
+gets its own stream; and since the seed is a pure function of ``(seed, epoch, batch contents)``
+(no counter that a restart could reset or skip), a resumed run reproduces the views of an
+uninterrupted one exactly (on the same kind of device: the CPU and CUDA generators give different
+streams for the same seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmssl.data.mnist import load_mnist
+from mmssl.data.splits import check_fold, stratified_fold
+from mmssl.data.views import (
+    IMAGE_SIZE,
+    TWO_VIEW_MODALITIES,
+    derive_seed,
+    make_views,
+    prepare_images,
+)
+
+__all__ = ["EVAL_SPLITS", "EpochShuffleSampler", "TensorDictDataset", "TwoViewMnistDataModule"]
+
+#: Splits that :meth:`TwoViewMnistDataModule.eval_dataloader` serves.
+EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_NUM_CLASSES = 10
+_VIEW_CHUNK = 4096
+
+
+class TensorDictDataset(Dataset[dict[str, Tensor]]):
+    """A dataset over a dict of equally long tensors; item ``i`` is ``{k: v[i]}``.
+
+    It implements ``__getitems__``, so a :class:`~torch.utils.data.DataLoader` using
+    :func:`collate_tensor_dict` as ``collate_fn`` gathers a whole batch with one indexing
+    operation per tensor instead of one Python call per item.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        """Store ``tensors``; all must have the same first dimension."""
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if not tensors or len(set(lengths.values())) != 1:
+            raise ValueError(f"expected a non-empty dict of equally long tensors, got {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        """Number of items."""
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Item ``index`` as ``{key: tensor[index]}``."""
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        """An already collated batch ``{key: tensor[indices]}``."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def collate_tensor_dict(batch: Any) -> Any:
+    """Collate function for :class:`TensorDictDataset`: the batch is already collated.
+
+    Typed ``Any`` because :class:`~torch.utils.data.DataLoader` declares ``collate_fn`` as taking
+    a list; with a dataset that has ``__getitems__`` it receives that method's return value.
+    """
+    return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``range(num_samples)`` with a permutation that depends only on (seed, epoch).
+
+    The permutation of epoch ``e`` is ``torch.randperm`` under a CPU generator seeded with
+    ``derive_seed(seed, "shuffle", e)``. Lightning calls :meth:`set_epoch` at the start of every
+    training epoch, so an interrupted-then-resumed run sees the same order as an uninterrupted
+    one.
+    """
+
+    def __init__(self, num_samples: int, *, seed: int) -> None:
+        """Create the sampler at epoch 0."""
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield the indices of the current epoch's permutation."""
+        gen = torch.Generator()
+        gen.manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
+        yield from torch.randperm(self.num_samples, generator=gen).tolist()
+
+    def __len__(self) -> int:
+        """Number of indices per epoch."""
+        return self.num_samples
+
+
+class TwoViewMnistDataModule(L.LightningDataModule):
+    """Two-View MNIST: each digit seen as a randomly ``rotated`` and a ``noisy`` 32×32 image.
+
+    Training batches are ``{modality: (B, 1, 32, 32) float32, "label": (B,) int64}`` once
+    :meth:`on_after_batch_transfer` has run (Lightning runs it for the datamodule passed to
+    ``Trainer.fit``; a LightningModule's own override of that hook is ignored in its favour).
+    Before it, they hold ``"image"`` and ``"index"`` instead of the views. Evaluation batches
+    (:meth:`val_dataloader`, :meth:`test_dataloader`, :meth:`eval_dataloader`) have fixed views.
+
+    Args:
+        data_dir: directory with the MNIST IDX files, or ``None`` for the embedded 5k subset.
+        modalities: the views to serve, a non-empty, duplicate-free subset of
+            :data:`~mmssl.data.views.TWO_VIEW_MODALITIES`, in the order given.
+        num_folds: number of stratified folds of the training part.
+        fold: the fold used for validation, ``0 <= fold < num_folds``.
+        batch_size: training (and validation/test) batch size; training drops the last
+            incomplete batch.
+        seed: seeds the fold split, the shuffling, the training views and the fixed eval views.
+        num_workers: data-loader worker processes.
+        eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
+        max_angle: largest absolute rotation of the ``rotated`` view, in degrees.
+        split_seed: random state of the train/test split of the embedded subset (ignored with
+            ``data_dir``); kept apart from ``seed`` so the test set is the same for every run.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        modalities: Sequence[str] = TWO_VIEW_MODALITIES,
+        num_folds: int = 5,
+        fold: int = 0,
+        batch_size: int = 64,
+        seed: int = 343,
+        num_workers: int = 0,
+        eval_batch_size: int = 256,
+        max_angle: float = 45.0,
+        split_seed: int = 343,
+    ) -> None:
+        """Validate the arguments; nothing is loaded until :meth:`setup`."""
+        super().__init__()
+        if isinstance(modalities, str):
+            modalities = (modalities,)
+        mods = tuple(modalities)
+        if not mods:
+            raise ValueError(f"modalities must not be empty; valid ones are {TWO_VIEW_MODALITIES}")
+        unknown = [m for m in mods if m not in TWO_VIEW_MODALITIES]
+        if unknown:
+            raise ValueError(
+                f"unknown modalities {unknown}; valid ones are {list(TWO_VIEW_MODALITIES)}"
+            )
+        if len(set(mods)) != len(mods):
+            raise ValueError(f"duplicate modalities in {list(mods)}")
+        check_fold(num_folds, fold)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.modalities: tuple[str, ...] = mods
+        self.num_folds = num_folds
+        self.fold = fold
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size
+        self.max_angle = float(max_angle)
+        self.split_seed = split_seed
+        self.data_source: str | None = None
+        self._split_indices: dict[str, np.ndarray] = {}
+        self._images: dict[str, Tensor] = {}
+        self._labels: dict[str, Tensor] = {}
+        self._eval_sets: dict[str, TensorDictDataset] = {}
+        self._train_sampler: EpochShuffleSampler | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of digit classes (10)."""
+        return _NUM_CLASSES
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one view, ``(1, 32, 32)``."""
+        return (1, IMAGE_SIZE, IMAGE_SIZE)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data, split train/val by fold, prepare images and draw the eval views.
+
+        Idempotent: later calls (Lightning calls it once per stage) do nothing.
+        """
+        if self._images:
+            return
+        arrays = load_mnist(self.data_dir, seed=self.split_seed)
+        train_idx, val_idx = stratified_fold(
+            arrays.train_labels, num_folds=self.num_folds, fold=self.fold, seed=self.seed
+        )
+        train_part = prepare_images(arrays.train_images)
+        train_labels = torch.as_tensor(arrays.train_labels, dtype=torch.long)
+        t_idx, v_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+        self._images = {
+            "train": train_part[t_idx].contiguous(),
+            "val": train_part[v_idx].contiguous(),
+            "test": prepare_images(arrays.test_images),
+        }
+        self._labels = {
+            "train": train_labels[t_idx].contiguous(),
+            "val": train_labels[v_idx].contiguous(),
+            "test": torch.as_tensor(arrays.test_labels, dtype=torch.long),
+        }
+        self._split_indices = {"train": train_idx, "val": val_idx}
+        self.data_source = arrays.source
+        self._eval_sets = {}
+        for split in ("val", "test"):
+            self._eval_set(split)
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        """Sorted positions of this fold's training images in the loaded training part."""
+        self._require_setup()
+        return self._split_indices["train"]
+
+    @property
+    def val_indices(self) -> np.ndarray:
+        """Sorted positions of this fold's validation images in the loaded training part."""
+        self._require_setup()
+        return self._split_indices["val"]
+
+    def _require_setup(self) -> None:
+        if not self._images:
+            raise RuntimeError("TwoViewMnistDataModule.setup() must be called first")
+
+    def split_size(self, split: str) -> int:
+        """Number of images in ``split`` (one of ``train``, ``val``, ``test``)."""
+        self._require_setup()
+        self._check_split(split)
+        return len(self._labels[split])
+
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid ones are {list(EVAL_SPLITS)}")
+
+    def _eval_set(self, split: str) -> TensorDictDataset:
+        """The fixed-view dataset of ``split``, drawn on first use and cached.
+
+        Views come from a CPU generator seeded with ``derive_seed(seed, "eval-views", split)``,
+        applied in consecutive chunks of a fixed size, so they are the same whenever, wherever and
+        in whichever process they are drawn. The ``train`` split (the linear probe's training
+        features) is drawn lazily, so runs that never probe do not hold it in memory.
+        """
+        if split not in self._eval_sets:
+            images = self._images[split]
+            gen = torch.Generator()
+            gen.manual_seed(derive_seed(self.seed, "eval-views", split))
+            chunks = [
+                make_views(images[i:i + _VIEW_CHUNK], gen, max_angle=self.max_angle,
+                           modalities=self.modalities)
+                for i in range(0, len(images), _VIEW_CHUNK)
+            ]
+            tensors = {m: torch.cat([c[m] for c in chunks]) for m in self.modalities}
+            tensors["label"] = self._labels[split]
+            self._eval_sets[split] = TensorDictDataset(tensors)
+        return self._eval_sets[split]
+
+    # ------------------------------------------------------------ dataloaders
+
+    def _loader(self, dataset: TensorDictDataset, batch_size: int, *,
+                sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_tensor_dict,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches of ``{"image", "label", "index"}`` (views come later).
+
+        Uses an :class:`EpochShuffleSampler` (permutation a function of seed and epoch) and
+        drops the last incomplete batch.
+        """
+        self._require_setup()
+        n = len(self._labels["train"])
+        if n < self.batch_size:
+            raise ValueError(
+                f"the training split holds {n} images, fewer than batch_size={self.batch_size}; "
+                f"with drop_last there would be no training batch"
+            )
+        dataset = TensorDictDataset({
+            "image": self._images["train"],
+            "label": self._labels["train"],
+            "index": torch.arange(n),
+        })
+        self._train_sampler = EpochShuffleSampler(n, seed=self.seed)
+        return self._loader(dataset, self.batch_size, sampler=self._train_sampler,
+                            drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches with fixed views, in order, batch size ``batch_size``."""
+        self._require_setup()
+        return self._loader(self._eval_set("val"), self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches with fixed views, in order, batch size ``batch_size``."""
+        self._require_setup()
+        return self._loader(self._eval_set("test"), self.batch_size)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Fixed-view, unshuffled, complete batches of ``split`` for feature extraction.
+
+        Args:
+            split: ``"train"`` (the training images of this fold with fixed views), ``"val"``
+                or ``"test"``.
+
+        Returns:
+            A loader of ``{modality: (B, 1, 32, 32), "label": (B,)}`` with batch size
+            ``eval_batch_size`` that keeps the last incomplete batch.
+        """
+        self._check_split(split)
+        self._require_setup()
+        return self._loader(self._eval_set(split), self.eval_batch_size)
+
+    # ------------------------------------------------------------ train views
+
+    def current_epoch(self) -> int:
+        """The epoch used to seed training views.
+
+        The attached trainer's ``current_epoch`` when there is one, else the epoch last set on
+        the training sampler (0 before any).
+        """
+        if self.trainer is not None:
+            return int(self.trainer.current_epoch)
+        return 0 if self._train_sampler is None else self._train_sampler.epoch
+
+    def train_view_seed(self, epoch: int, first_index: int) -> int:
+        """Seed of the training views of the batch starting with item ``first_index``."""
+        return derive_seed(self.seed, "train-views", epoch, first_index)
+
+    def apply_train_views(self, batch: dict[str, Tensor], epoch: int | None = None
+                          ) -> dict[str, Tensor]:
+        """Replace ``"image"`` and ``"index"`` of a training batch by the requested views.
+
+        The views are drawn by :func:`~mmssl.data.views.make_views` on the images' device from a
+        generator seeded with :meth:`train_view_seed` ``(epoch, index[0])``.
+
+        Args:
+            batch: ``{"image": (B, 1, 32, 32), "index": (B,), "label": (B,), ...}``.
+            epoch: the epoch; :meth:`current_epoch` when ``None``.
+
+        Returns:
+            A new dict with the modalities in place of ``"image"`` and ``"index"``; other keys
+            are kept.
+        """
+        if "index" not in batch:
+            raise KeyError("a training batch needs the 'index' key to seed its views")
+        out = dict(batch)
+        images = out.pop("image")
+        index = out.pop("index")
+        epoch = self.current_epoch() if epoch is None else epoch
+        gen = torch.Generator(device=images.device)
+        gen.manual_seed(self.train_view_seed(epoch, int(index[0])))
+        views = make_views(images, gen, max_angle=self.max_angle, modalities=self.modalities)
+        for m in self.modalities:
+            out[m] = views[m]
+        return out
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turn training batches (those with an ``"image"`` key) into views, on the device."""
+        if isinstance(batch, dict) and "image" in batch:
+            return self.apply_train_views(batch)
+        return batch

@@ -1,0 +1,90 @@
+"""The `mmssl` command end to end on tiny IDX files in the real MNIST format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmssl.cli import main
+
+TINY = ["--epochs", "1", "--batch-size", "16", "--accelerator", "cpu",
+        "--set", "model.width=8", "--set", "model.latent_dim=16", "--set", "model.head_dim=16",
+        "--set", "probe.Cs=[0.1, 1.0]", "--set", "trainer.progress_bar=false"]
+
+
+def test_run_end_to_end(tiny_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--preset", "quick", "--objective", "rr-xx", "--data-dir",
+                 str(tiny_mnist_dir), "--out", str(out), *TINY])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"}
+    assert set(metrics["test"]) == {"rotated", "noisy", "joint"}
+    for name in ("config.yaml", "metrics.csv", "pretrain.json", "probe.json", "log.txt",
+                 "checkpoints/last.ckpt"):
+        assert (out / name).exists(), name
+    assert "objective:\n  name: XX-RR" in (out / "config.yaml").read_text()
+    printed = capsys.readouterr().out
+    assert "Linear probe" in printed and "joint" in printed
+    # The two halves: evaluate again from the run directory alone.
+    assert main(["evaluate", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_pretrain_then_resume_and_evaluate(tiny_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--objective", "CR", "--data-dir", str(tiny_mnist_dir), "--out", str(out), *TINY]
+    assert main(["pretrain", *args]) == 0
+    assert not (out / "metrics.json").exists()
+    assert main(["pretrain", *args]) == 2  # refuses to overwrite
+    assert "--resume" in capsys.readouterr().out
+    assert main(["pretrain", "--resume", "--epochs", "3", "--out", str(out)]) == 2
+    assert "drop --epochs" in capsys.readouterr().out
+    assert main(["run", "--resume", "--out", str(out)]) == 0  # finished: straight to evaluation
+    assert (out / "metrics.json").exists()
+
+
+def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--objectives", "CR,RR", "--data-dir", str(tiny_mnist_dir),
+                 "--out", str(out), *TINY])
+    assert code == 0
+    table = (out / "results.md").read_text()
+    assert "| CR |" in table and "| RR |" in table and "joint" in table
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.splitlines()[0] == "model,split,modality,metric,value"
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "results.md" in printed and "accuracy.png" in printed
+    # Re-running skips finished runs (their metrics files are untouched).
+    stamp = (out / "CR" / "metrics.json").stat().st_mtime_ns
+    assert main(["sweep", "--objectives", "CR,RR", "--data-dir", str(tiny_mnist_dir),
+                 "--out", str(out), *TINY]) == 0
+    assert (out / "CR" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--objective", "CR-QQ"], "Valid objectives: CR, XX, CC, RR"),
+        (["run", "--preset", "nope"], "valid presets: quick"),
+        (["run", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
+        (["run", "--fold", "9"], "data.fold: must be in 0..4"),
+        (["run", "--modalities", "rotated,blurry"], "blurry"),
+        (["run", "--bogus", "1"], "--bogus"),
+        (["sweep", "--objectives", "CR,CR", "--out", "x"], "listed twice"),
+        (["evaluate", "/nonexistent/run"], "not a run directory"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in " ".join(capsys.readouterr().out.split())
+
+
+def test_list_shows_everything(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    for word in ("CR-XX-CC-RR", "taxonomy", "two_view_mnist", "quick"):
+        assert word in printed
