@@ -139,7 +139,7 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: 
     low = min(values) if values else 0.0
     ax.set_ylim(max(0.0, low - 0.1), 1.0)
     ax.set_title("Linear probe on frozen encoders, per modality")
-    ax.legend(title="representation", fontsize=8, loc="lower right")
+    ax.legend(title="representation", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
