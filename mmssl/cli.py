@@ -3,7 +3,8 @@
     mmssl run      [--preset P | --config FILE] [--objective NAME] [--data-dir DIR] ...
     mmssl pretrain [same flags]
     mmssl evaluate RUN_DIR
-    mmssl sweep    --objectives CR,XX,RR,CR-XX-CC-RR [--preset P] ... --out DIR
+    mmssl sweep    --objectives CR,XX,RR,CR-XX-CC-RR [--methods ae,dccae] ... --out DIR
+    mmssl generate RUN_DIR
     mmssl list
 """
 
@@ -98,7 +99,7 @@ def _given_config_flags(args: Any) -> list[str]:
 
 
 def _default_out(config: cfg.RunConfig) -> Path:
-    return Path("runs") / f"{config.objective.name}-seed{config.seed}-fold{config.data.fold}"
+    return Path("runs") / f"{config.model_name}-seed{config.seed}-fold{config.data.fold}"
 
 
 def _train_config(args: Any) -> tuple[cfg.RunConfig | None, Path]:
@@ -158,8 +159,9 @@ def cmd_sweep(args: Any) -> int:
     from mmssl.sweep import run_sweep
 
     base = _resolved(args)
-    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    result = run_sweep(base, objectives, Path(args.out))
+    objectives = [o.strip() for o in (args.objectives or "").split(",") if o.strip()]
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    result = run_sweep(base, objectives, Path(args.out), methods)
     assert result.table_md and result.table_csv and result.figure
     table = Table(title=f"Sweep {args.out}: {result.table_md.read_text().splitlines()[0]}")
     header, _, *body = result.table_md.read_text().splitlines()[2:]
@@ -170,6 +172,14 @@ def cmd_sweep(args: Any) -> int:
     console.print(table)
     console.print(f"table: {result.table_md} and {result.table_csv}", soft_wrap=True)
     console.print(f"figure: {result.figure}", soft_wrap=True)
+    return 0
+
+
+def cmd_generate(args: Any) -> int:
+    from mmssl import pipeline
+
+    path = pipeline.generate(Path(args.run_dir), n=args.n, split=args.split, device=args.device)
+    console.print(f"generations: {path}", soft_wrap=True)
     return 0
 
 
@@ -208,11 +218,20 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("evaluate", evaluate, help="linear evaluation of a run directory")
     sweep = ArgumentParser(description="several objectives, one table and figure",
                            exit_on_error=False)
-    sweep.add_argument("--objectives", type=str, required=True,
-                       help="comma-separated objectives, e.g. CR,XX,RR,CR-XX-CC-RR")
+    sweep.add_argument("--objectives", type=str | None, default=None,
+                       help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR")
+    sweep.add_argument("--methods", type=str | None, default=None,
+                       help="comma-separated baselines, e.g. supervised,ae,dccae,mmvae")
     _config_flags(sweep, objective=False)
     sweep.add_argument("--out", type=str, required=True, help="sweep directory")
     sub.add_subcommand("sweep", sweep, help="run several objectives and compare them")
+    generate = ArgumentParser(description="inputs and (cross-modal) generations as a PNG grid",
+                              exit_on_error=False)
+    generate.add_argument("run_dir", type=str)
+    generate.add_argument("--n", type=int, default=10, help="examples per row")
+    generate.add_argument("--split", type=str, default="test", help="train, val or test")
+    generate.add_argument("--device", type=str | None, default=None)
+    sub.add_subcommand("generate", generate, help="PNG grid of reconstructions/generations")
     sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
                        help="objectives, methods, datasets and presets")
     return parser
@@ -257,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_evaluate(sub_args)
         if command == "sweep":
             return cmd_sweep(sub_args)
+        if command == "generate":
+            return cmd_generate(sub_args)
         if command == "list":
             return cmd_list(sub_args)
     except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:

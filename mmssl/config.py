@@ -25,7 +25,7 @@ from jsonargparse import ArgumentParser
 from mmssl.objectives.infonce import CRITICS
 from mmssl.objectives.taxonomy import Objective, ObjectiveError, resolve_weights
 
-DATASETS: tuple[str, ...] = ("two_view_mnist",)
+DATASETS: tuple[str, ...] = ("two_view_mnist", "mnist_svhn")
 
 
 class ConfigError(ValueError):
@@ -36,14 +36,22 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which data, which modalities, which fold, how it is batched."""
 
-    dataset: Literal["two_view_mnist"] = "two_view_mnist"
+    dataset: Literal["two_view_mnist", "mnist_svhn"] = "two_view_mnist"
     data_dir: str | None = None
-    modalities: list[str] = field(default_factory=lambda: ["rotated", "noisy"])
+    modalities: list[str] | None = None  # None: the dataset's own (rotated,noisy / mnist,svhn)
     num_folds: int = 5
     fold: int = 0
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
+    #: Two-View MNIST: ``same_image`` (the reference) or ``same_class`` (Wang et al., DCCAE).
+    pairing: Literal["same_image", "same_class"] = "same_image"
+    #: MNIST-SVHN (MMVAE protocol): at most this many images per class, paired this many times.
+    max_per_class: int = 10_000
+    pairings: int = 30
+    #: MNIST-SVHN: pairing rounds served for validation and probes (1: each kept image once;
+    #: the reference evaluated all 30 rounds, 30 copies of the same images).
+    eval_pairings: int | None = 1
 
 
 @dataclass
@@ -68,6 +76,48 @@ class ObjectiveConfig:
     penalty_weight: float = 0.04
     temperature: float = 1.0
     weight_penalty: bool = False
+
+
+@dataclass
+class CCAConfig:
+    """Deep CCA term (DCCAE, CR-CCA): Andrew et al. 2013; Wang et al. 2015."""
+
+    weight: float = 1.0
+    r1: float = 1e-3
+    r2: float = 1e-3
+    top_k: int | None = None
+    #: ``trace``: sum of canonical correlations (the DCCA objective); ``frobenius``: the
+    #: reference implementation's root of the sum of squares.
+    variant: Literal["trace", "frobenius"] = "trace"
+    #: correlate the projection-head outputs (the reference) or the representations z.
+    on: Literal["head", "z"] = "head"
+
+
+@dataclass
+class AEConfig:
+    """Reconstruction term of the autoencoder family (AE, DCCAE, RR-AE)."""
+
+    loss: Literal["mse", "bce"] = "mse"
+    weight: float = 1.0
+
+
+@dataclass
+class MMVAEConfig:
+    """MMVAE (Shi et al., NeurIPS 2019) defaults of its MNIST-SVHN protocol."""
+
+    latent_dim: int = 20
+    K: int = 30
+    estimator: Literal["dreg", "iwae"] = "dreg"
+    likelihood_scale: float = 0.75
+    #: ``auto`` rescales each modality's log-likelihood by (largest input size / its size).
+    likelihood_weights: Literal["auto", "none"] = "auto"
+
+
+@dataclass
+class SupervisedConfig:
+    """Supervised baseline: a linear classifier on z, cross-entropy, per modality."""
+
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -107,11 +157,17 @@ class ProbeConfig:
 class RunConfig:
     """Everything that defines one run; saved resolved as ``config.yaml`` in the run directory."""
 
-    method: Literal["taxonomy"] = "taxonomy"
+    method: Literal[
+        "taxonomy", "supervised", "ae", "dccae", "cr_cca", "rr_ae", "mmvae"
+    ] = "taxonomy"
     seed: int = 343
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    cca: CCAConfig = field(default_factory=CCAConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    mmvae: MMVAEConfig = field(default_factory=MMVAEConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -119,6 +175,25 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-serialisable)."""
         return asdict(self)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities in use (the dataset's own when not set; filled in by validation)."""
+        return list(self.data.modalities or DATASET_MODALITIES[self.data.dataset])
+
+    @property
+    def model_name(self) -> str:
+        """The name a table shows: the objective for taxonomy models, else the method."""
+        return self.objective.name if self.method == "taxonomy" else self.method
+
+
+#: The modalities each dataset provides, in order.
+DATASET_MODALITIES: dict[str, tuple[str, ...]] = {
+    "two_view_mnist": ("rotated", "noisy"),
+    "mnist_svhn": ("mnist", "svhn"),
+}
+#: Methods that relate two or more modalities (the others train each modality on its own).
+MULTIMODAL_METHODS: frozenset[str] = frozenset({"dccae", "rr_ae", "mmvae"})
 
 
 def _schema_parser() -> ArgumentParser:
@@ -181,17 +256,38 @@ def validate(config: RunConfig, source: str = "configuration") -> None:
     except ObjectiveError as error:
         fail("objective", str(error))
     config.objective.name = objective.name
+    data = config.data
+    available = DATASET_MODALITIES[data.dataset]
+    if data.modalities is None:
+        data.modalities = list(available)
+    unknown = [m for m in data.modalities if m not in available]
+    if unknown:
+        fail("data.modalities", f"{unknown} not provided by {data.dataset}; valid: "
+             f"{', '.join(available)}")
+    if config.method in MULTIMODAL_METHODS and len(data.modalities) < 2:
+        fail("method", f"{config.method} relates modalities and needs two or more; "
+             f"data.modalities is {data.modalities}")
+    if config.method == "taxonomy" and objective.is_cross_modal and len(data.modalities) < 2:
+        cross = [m for m in objective.modes if m != "CR"]
+        fail("objective.name", f"{objective.name} has cross-modal mode(s) {cross}, which need "
+             f"two or more modalities; data.modalities is {data.modalities}. Use CR for one.")
+    if config.cca.top_k is not None and config.cca.top_k < 1:
+        fail("cca.top_k", f"must be ≥ 1 or null; got {config.cca.top_k}")
+    if config.mmvae.K < 1:
+        fail("mmvae.K", f"must be ≥ 1; got {config.mmvae.K}")
+    if config.mmvae.latent_dim < 1:
+        fail("mmvae.latent_dim", f"must be ≥ 1; got {config.mmvae.latent_dim}")
+    if data.max_per_class < 1 or data.pairings < 1:
+        fail("data.max_per_class/pairings", "must be ≥ 1")
+    if data.eval_pairings is not None and not 1 <= data.eval_pairings <= data.pairings:
+        fail("data.eval_pairings", f"must be in 1..{data.pairings} or null; got "
+             f"{data.eval_pairings}")
     if config.objective.critic not in CRITICS:
         fail("objective.critic", f"expected one of {', '.join(CRITICS)}")
-    data = config.data
     if not data.modalities:
         fail("data.modalities", "needs at least one modality")
     if len(set(data.modalities)) != len(data.modalities):
         fail("data.modalities", f"repeated modality in {data.modalities}")
-    if objective.is_cross_modal and len(data.modalities) < 2:
-        cross = [m for m in objective.modes if m != "CR"]
-        fail("objective.name", f"{objective.name} has cross-modal mode(s) {cross}, which need "
-             f"two or more modalities; data.modalities is {data.modalities}. Use CR for one.")
     if data.num_folds < 2:
         fail("data.num_folds", f"must be ≥ 2; got {data.num_folds}")
     if not 0 <= data.fold < data.num_folds:

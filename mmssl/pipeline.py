@@ -105,18 +105,29 @@ def _detach_log_file(handler: logging.Handler) -> None:
 def make_datamodule(config: RunConfig) -> L.LightningDataModule:
     """The data module for ``config.data.dataset``."""
     data = config.data
+    common: dict[str, Any] = {
+        "modalities": tuple(config.modalities),
+        "num_folds": data.num_folds,
+        "fold": data.fold,
+        "batch_size": data.batch_size,
+        "eval_batch_size": data.eval_batch_size,
+        "seed": config.seed,
+        "num_workers": data.num_workers,
+    }
     if data.dataset == "two_view_mnist":
         from mmssl.data.two_view_mnist import TwoViewMnistDataModule
 
         return TwoViewMnistDataModule(
-            data_dir=Path(data.data_dir) if data.data_dir else None,
-            modalities=tuple(data.modalities),
-            num_folds=data.num_folds,
-            fold=data.fold,
-            batch_size=data.batch_size,
-            eval_batch_size=data.eval_batch_size,
-            seed=config.seed,
-            num_workers=data.num_workers,
+            data_dir=Path(data.data_dir) if data.data_dir else None, pairing=data.pairing,
+            **common,
+        )
+    if data.dataset == "mnist_svhn":
+        from mmssl.data.mnist_svhn import MnistSvhnDataModule
+
+        return MnistSvhnDataModule(
+            data_dir=Path(data.data_dir) if data.data_dir else None,  # type: ignore[arg-type]
+            max_per_class=data.max_per_class, pairings=data.pairings,
+            eval_pairings=data.eval_pairings, **common,
         )
     raise cfg.ConfigError(f"data.dataset: unknown dataset {data.dataset!r}; valid: "
                           + ", ".join(cfg.DATASETS))
@@ -124,19 +135,9 @@ def make_datamodule(config: RunConfig) -> L.LightningDataModule:
 
 def make_method(config: RunConfig, datamodule: Any) -> MultimodalMethod:
     """The LightningModule of ``config.method`` for the datamodule's modalities and shapes."""
-    shape = tuple(datamodule.input_shape)
-    input_shapes = {m: shape for m in config.data.modalities}
-    cls = method_class(config.method)
-    kwargs: dict[str, Any] = {
-        "modalities": list(config.data.modalities),
-        "input_shapes": input_shapes,
-        "model": cfg.asdict(config.model),
-        "optim": cfg.asdict(config.optim),
-        "seed": config.seed,
-    }
-    if config.method == "taxonomy":
-        kwargs["objective"] = cfg.asdict(config.objective)
-    return cls(**kwargs)
+    return method_class(config.method).from_config(
+        config, datamodule.input_shapes, datamodule.num_classes
+    )
 
 
 def prepare_run_dir(config: RunConfig | None, out: Path, resume: bool) -> RunConfig:
@@ -338,25 +339,51 @@ def evaluate(out: Path, *, device: str | None = None) -> dict[str, Any]:
         model.to(torch_device)
         datamodule: Any = make_datamodule(config)
         datamodule.setup("fit")
-        encoders = {m: model.encoders[m] for m in config.data.modalities}
-        features: dict[str, dict[str, np.ndarray]] = {}
-        labels: dict[str, np.ndarray] = {}
-        for split in ("train", "val", "test"):
-            features[split], labels[split] = extract_features(
-                encoders, datamodule.eval_dataloader(split), device=torch_device
-            )
-        _save_features(run.features, features, labels)
-        result = linear_evaluation(features, labels, Cs=config.probe.Cs, seed=config.seed)
-        write_json(run.probe, {
-            "checkpoint": str(checkpoint.relative_to(run.root)),
-            "chosen_C": result["chosen_C"],
-            "val_curve": result["val_curve"],
-        })
-        write_json(run.metrics, result["metrics"])
-        log.info("evaluated %s: %s", run.root, json.dumps(result["metrics"].get("test", {})))
-        return result["metrics"]
+        variants = model.probe_encoders()
+        metrics: dict[str, Any] = {}
+        probe_info: dict[str, Any] = {"checkpoint": str(checkpoint.relative_to(run.root))}
+        for variant, encoders in variants.items():
+            features: dict[str, dict[str, np.ndarray]] = {}
+            labels: dict[str, np.ndarray] = {}
+            for split in ("train", "val", "test"):
+                features[split], labels[split] = extract_features(
+                    encoders, datamodule.eval_dataloader(split), device=torch_device
+                )
+            suffix = f"_{variant}" if variant else ""
+            _save_features(run.root / f"features{suffix}.npz", features, labels)
+            result = linear_evaluation(features, labels, Cs=config.probe.Cs, seed=config.seed,
+                                       max_iter=config.probe.max_iter)
+            probe_info[variant or "default"] = {"chosen_C": result["chosen_C"],
+                                                "val_curve": result["val_curve"]}
+            if variant:
+                write_json(run.root / f"metrics{suffix}.json", result["metrics"])
+            else:
+                metrics = result["metrics"]
+        write_json(run.probe, probe_info)
+        write_json(run.metrics, metrics)
+        log.info("evaluated %s: %s", run.root, json.dumps(metrics.get("test", {})))
+        return metrics
     finally:
         _detach_log_file(handler)
+
+
+def generate(out: Path, *, n: int = 10, split: str = "test", device: str | None = None) -> Path:
+    """Write ``generations.png``: inputs and (cross-modal) generations of a decoder model."""
+    from mmssl.evaluation.generate import generate as write_grid
+
+    run = RunDir(Path(out))
+    if not run.pretrain_done.exists():
+        raise RunDirError(f"{run.root} holds no finished pretraining (no pretrain.json)")
+    config = cfg.load(run.config)
+    torch_device = torch.device(device) if device else _device(config.trainer.accelerator)
+    model = method_class(config.method).load_from_checkpoint(
+        _chosen_checkpoint(config, run), map_location="cpu").to(torch_device)
+    datamodule: Any = make_datamodule(config)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.eval_dataloader(split)))
+    batch = {m: batch[m][:n].to(torch_device) for m in config.modalities}
+    return write_grid(model, batch, run.root / "generations.png",
+                      f"{config.model_name}: {split} examples, inputs and generations")
 
 
 def _save_features(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],

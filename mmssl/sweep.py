@@ -34,29 +34,53 @@ class SweepResult:
     figure: Path | None = None
 
 
-def sweep_configs(base: RunConfig, objectives: Sequence[str]) -> list[tuple[str, RunConfig]]:
-    """One configuration per objective (canonical names, duplicates rejected)."""
+def sweep_configs(
+    base: RunConfig, objectives: Sequence[str], methods: Sequence[str] = ()
+) -> list[tuple[str, RunConfig]]:
+    """One configuration per taxonomy objective, then one per other method.
+
+    Every entry shares the base configuration (data, fold, seed, trainer, optimiser), so the
+    comparison is fair; each method takes its own settings from its section (``cca``, ``ae``…).
+    """
+    from mmssl.methods import METHODS
+
     seen: set[str] = set()
     configs = []
+
+    def add(name: str, config: RunConfig) -> None:
+        if name in seen:
+            raise cfg.ConfigError(f"{name} is listed twice")
+        seen.add(name)
+        cfg.validate(config, f"sweep entry {name}")
+        configs.append((name, config))
+
     for name in objectives:
         objective = Objective.parse(name).name
-        if objective in seen:
-            raise cfg.ConfigError(f"--objectives: {objective} is listed twice")
-        seen.add(objective)
         config = copy.deepcopy(base)
+        config.method = "taxonomy"
         config.objective.name = objective
         config.objective.weights = {}
-        cfg.validate(config, f"sweep entry {objective}")
-        configs.append((objective, config))
+        add(objective, config)
+    for method in methods:
+        if method == "taxonomy":
+            raise cfg.ConfigError("--methods: list taxonomy models with --objectives instead")
+        if method not in METHODS:
+            raise cfg.ConfigError(f"--methods: unknown method {method!r}; valid: "
+                                  + ", ".join(sorted(m for m in METHODS if m != "taxonomy")))
+        config = copy.deepcopy(base)
+        config.method = method  # type: ignore[assignment]
+        add(method, config)
     if not configs:
-        raise cfg.ConfigError("--objectives: give at least one objective")
+        raise cfg.ConfigError("give at least one of --objectives or --methods")
     return configs
 
 
-def run_sweep(base: RunConfig, objectives: Sequence[str], out: Path) -> SweepResult:
-    """Run (or resume, or skip) every objective under ``out``, then tabulate and plot."""
+def run_sweep(
+    base: RunConfig, objectives: Sequence[str], out: Path, methods: Sequence[str] = ()
+) -> SweepResult:
+    """Run (or resume, or skip) every entry under ``out``, then tabulate and plot."""
     out = Path(out)
-    configs = sweep_configs(base, objectives)
+    configs = sweep_configs(base, objectives, methods)
     for index, (name, config) in enumerate(configs, 1):
         run_dir = RunDir(out / name)
         if run_dir.metrics.exists():
@@ -71,7 +95,8 @@ def run_sweep(base: RunConfig, objectives: Sequence[str], out: Path) -> SweepRes
         for name, _ in configs
     ]
     result = SweepResult(rows=rows)
-    columns = list(base.data.modalities) + (["joint"] if len(base.data.modalities) > 1 else [])
+    modalities = base.modalities
+    columns = modalities + (["joint"] if len(modalities) > 1 else [])
     result.table_csv = out / "results.csv"
     result.table_md = out / "results.md"
     write_atomic(result.table_csv, results_csv(rows, columns))

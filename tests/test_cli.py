@@ -68,7 +68,7 @@ def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
     ("argv", "message"),
     [
         (["run", "--objective", "CR-QQ"], "Valid objectives: CR, XX, CC, RR"),
-        (["run", "--preset", "nope"], "valid presets: quick"),
+        (["run", "--preset", "nope"], "valid presets: ae-mnist_svhn"),
         (["run", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["run", "--fold", "9"], "data.fold: must be in 0..4"),
         (["run", "--modalities", "rotated,blurry"], "blurry"),

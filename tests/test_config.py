@@ -45,7 +45,7 @@ def test_bad_values_fail_with_a_clear_message(overrides, message):
 
 
 def test_unknown_preset_and_bad_files(tmp_path):
-    with pytest.raises(cfg.ConfigError, match="valid presets: quick"):
+    with pytest.raises(cfg.ConfigError, match="valid presets: ae-mnist_svhn"):
         cfg.resolve("nope")
     with pytest.raises(cfg.ConfigError, match="cannot read config file"):
         cfg.resolve(None, tmp_path / "missing.yaml")

@@ -17,8 +17,11 @@ from mmssl.data import (
     TWO_VIEW_MODALITIES,
     EpochShuffleSampler,
     TwoViewMnistDataModule,
+    derive_seed,
     load_mnist,
+    make_views,
     read_idx,
+    same_class_partners,
     write_idx,
 )
 from mmssl.data.mnist import MNIST_FILES
@@ -222,6 +225,7 @@ def test_bad_modality_lists_valid_ones() -> None:
 def test_splits_and_shapes(dm: TwoViewMnistDataModule) -> None:
     assert dm.modalities == TWO_VIEW_MODALITIES
     assert dm.num_classes == 10 and dm.input_shape == (1, 32, 32)
+    assert dm.input_shapes == {"rotated": (1, 32, 32), "noisy": (1, 32, 32)}
     assert (dm.split_size("train"), dm.split_size("val"), dm.split_size("test")) == (160, 40, 50)
     assert set(dm.train_indices.tolist()).isdisjoint(dm.val_indices.tolist())
     batch = next(iter(dm.train_dataloader()))
@@ -400,3 +404,94 @@ def test_resumed_run_sees_the_same_views(tiny_mnist_dir: Path, tmp_path: Path) -
     for (_, r1, n1), (_, r2, n2) in zip(full.seen, replay, strict=True):
         assert torch.equal(r1, r2) and torch.equal(n1, n2)
     assert not torch.equal(full.seen[0][2], full.seen[2][2])
+
+
+# ------------------------------------------------------ same-class pairing (Wang et al. 2015)
+
+
+def test_same_class_partners_unit() -> None:
+    labels = np.array([0, 1, 0, 2, 1, 0, 1, 0])  # class 2 has a single member
+    partners = same_class_partners(labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(labels[partners], labels)
+    assert partners[3] == 3
+    others = np.flatnonzero(labels != 2)
+    assert (partners[others] != others).all()
+    again = same_class_partners(labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(again, partners)
+    # every other member of the class is a possible partner, and only those
+    draws = np.stack([same_class_partners(labels, np.random.default_rng(s)) for s in range(200)])
+    assert set(draws[:, 0].tolist()) == {2, 5, 7}
+
+
+def test_pairing_option_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"same_digit.*\['same_image', 'same_class'\]"):
+        TwoViewMnistDataModule(pairing="same_digit")  # type: ignore[arg-type]
+
+
+def _check_partners(labels: Tensor, partners: Tensor) -> None:
+    assert partners.dtype == torch.int64 and partners.shape == labels.shape
+    assert torch.equal(labels[partners], labels)
+    # in the tiny data every class has at least 4 images per split
+    assert (partners != torch.arange(len(labels))).all()
+
+
+def test_same_class_eval_views(tiny_mnist_dir: Path) -> None:
+    a = TwoViewMnistDataModule(tiny_mnist_dir, pairing="same_class", eval_batch_size=64)
+    b = TwoViewMnistDataModule(tiny_mnist_dir, pairing="same_class", eval_batch_size=13)
+    ref = TwoViewMnistDataModule(tiny_mnist_dir)  # same seed, same_image
+    for module in (a, b, ref):
+        module.setup()
+    for split in ("train", "val", "test"):
+        va, vb, vr = (_cat(m.eval_dataloader(split)) for m in (a, b, ref))
+        partners = a.partner_indices(split)
+        _check_partners(va["label"], partners)
+        assert torch.equal(partners, b.partner_indices(split))
+        for key in ("rotated", "noisy", "label"):
+            assert torch.equal(va[key], vb[key]), (split, key)
+        # rotated: the image itself, with the same angles as same_image mode
+        assert torch.equal(va["rotated"], vr["rotated"]) and torch.equal(va["label"], vr["label"])
+        # noisy: the partner image under the noise that same_image mode puts on the image
+        assert not torch.equal(va["noisy"], vr["noisy"])
+        gen = torch.Generator()
+        gen.manual_seed(derive_seed(343, "eval-views", split))
+        expected = make_views(a._images[split][partners], gen)["noisy"]
+        assert torch.equal(va["noisy"], expected), split
+    assert torch.equal(ref.partner_indices("val"), torch.arange(ref.split_size("val")))
+
+
+def test_same_class_train_partners_per_epoch(tiny_mnist_dir: Path) -> None:
+    a = TwoViewMnistDataModule(tiny_mnist_dir, pairing="same_class", batch_size=32)
+    b = TwoViewMnistDataModule(tiny_mnist_dir, pairing="same_class", batch_size=32)
+    ref = TwoViewMnistDataModule(tiny_mnist_dir, batch_size=32)
+    for module in (a, b, ref):
+        module.setup()
+    labels = a._labels["train"]
+    p0, p1 = a.partner_indices("train", 0).clone(), a.partner_indices("train", 1).clone()
+    b.partner_indices("train", 4)  # unrelated history must not matter
+    assert torch.equal(b.partner_indices("train", 1), p1)
+    assert torch.equal(a.partner_indices("train", 0), p0)
+    for p in (p0, p1):
+        _check_partners(labels, p)
+    assert not torch.equal(p0, p1)
+    with pytest.raises(ValueError, match="train split only"):
+        a.partner_indices("val", epoch=1)
+
+    va, vb, vr = (_train_views(m, 1) for m in (a, b, ref))
+    for x, y, r in zip(va, vb, vr, strict=True):
+        for key in ("rotated", "noisy", "label"):
+            assert torch.equal(x[key], y[key])
+        assert torch.equal(x["rotated"], r["rotated"]) and torch.equal(x["label"], r["label"])
+    # the noisy view of a training batch is drawn on the epoch's partner images
+    loader = a.train_dataloader()
+    _sampler(loader).set_epoch(1)
+    batch = next(iter(loader))
+    gen = torch.Generator()
+    gen.manual_seed(a.train_view_seed(1, int(batch["index"][0])))
+    expected = make_views(a._images["train"][p1[batch["index"]]], gen)["noisy"]
+    assert torch.equal(a.apply_train_views(batch, epoch=1)["noisy"], expected)
+    assert not torch.equal(a.apply_train_views(batch, epoch=1)["noisy"],
+                           ref.apply_train_views(batch, epoch=1)["noisy"])
+    # a noisy-only module gets the same partners and views
+    only = TwoViewMnistDataModule(tiny_mnist_dir, pairing="same_class", modalities=["noisy"])
+    only.setup()
+    assert torch.equal(only.apply_train_views(batch, epoch=1)["noisy"], expected)

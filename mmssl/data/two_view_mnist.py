@@ -22,13 +22,26 @@ gets its own stream; and since the seed is a pure function of ``(seed, epoch, ba
 (no counter that a restart could reset or skip), a resumed run reproduces the views of an
 uninterrupted one exactly (on the same kind of device: the CPU and CUDA generators give different
 streams for the same seed).
+
+Pairing (``pairing=``):
+
+* ``"same_image"`` (default; the reference implementation): both views come from the same image.
+* ``"same_class"`` (the "noisy MNIST" protocol of Wang et al., ICML 2015, DCCAE): the ``rotated``
+  view comes from the image itself and the ``noisy`` view from its *partner*, another image of the
+  same class in the same split, drawn uniformly among the other members of that class
+  (:func:`same_class_partners`; an image alone in its class is its own partner). Training
+  partners are redrawn every epoch from ``derive_seed(seed, "train-partners", epoch)``, so the
+  partner of an item is a pure function of ``(seed, epoch, index)`` and resumes exactly; the
+  partners of the fixed-view splits come from ``derive_seed(seed, "eval-partners", split)``. The
+  random angles and noise are the same as in ``"same_image"`` mode for the same seed; only the
+  image under the noise changes. The label is the shared class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -46,13 +59,57 @@ from mmssl.data.views import (
     prepare_images,
 )
 
-__all__ = ["EVAL_SPLITS", "EpochShuffleSampler", "TensorDictDataset", "TwoViewMnistDataModule"]
+__all__ = [
+    "EVAL_SPLITS",
+    "PAIRINGS",
+    "EpochShuffleSampler",
+    "Pairing",
+    "TensorDictDataset",
+    "TwoViewMnistDataModule",
+    "same_class_partners",
+]
 
 #: Splits that :meth:`TwoViewMnistDataModule.eval_dataloader` serves.
 EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
+#: How the two views of an item are paired (see the module docstring).
+Pairing = Literal["same_image", "same_class"]
+#: The valid values of :data:`Pairing`.
+PAIRINGS: tuple[str, ...] = get_args(Pairing)
+
 _NUM_CLASSES = 10
 _VIEW_CHUNK = 4096
+
+
+def same_class_partners(labels: np.ndarray | Tensor, rng: np.random.Generator) -> np.ndarray:
+    r"""For every item, a different random item of the same class.
+
+    For each class :math:`c` with members :math:`m_0 < \dots < m_{n-1}` (positions in ``labels``),
+    member :math:`m_i` gets partner :math:`m_j` with :math:`j` uniform on
+    :math:`\{0..n-1\} \setminus \{i\}`, drawn independently per item (so a partner may be shared
+    and some members are nobody's partner). Classes are visited in ascending order, each drawing
+    ``rng.integers(0, n - 1, size=n)``. A class with a single member pairs it with itself.
+
+    Args:
+        labels: ``(N,)`` integer class labels.
+        rng: the random source.
+
+    Returns:
+        ``int64`` array ``(N,)`` of partner positions; ``labels[partners] == labels``.
+    """
+    labels_np = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    if labels_np.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
+    partners = np.arange(len(labels_np), dtype=np.int64)
+    for c in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == c)
+        n = len(members)
+        if n < 2:
+            continue
+        j = rng.integers(0, n - 1, size=n)
+        j += j >= np.arange(n)
+        partners[members] = members[j]
+    return partners
 
 
 class TensorDictDataset(Dataset[dict[str, Tensor]]):
@@ -146,6 +203,9 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         max_angle: largest absolute rotation of the ``rotated`` view, in degrees.
         split_seed: random state of the train/test split of the embedded subset (ignored with
             ``data_dir``); kept apart from ``seed`` so the test set is the same for every run.
+        pairing: ``"same_image"`` (both views of one image, the reference) or ``"same_class"``
+            (the ``noisy`` view from another image of the same class, Wang et al.'s protocol);
+            see the module docstring.
     """
 
     def __init__(
@@ -160,6 +220,7 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         max_angle: float = 45.0,
         split_seed: int = 343,
+        pairing: Pairing = "same_image",
     ) -> None:
         """Validate the arguments; nothing is loaded until :meth:`setup`."""
         super().__init__()
@@ -181,6 +242,8 @@ class TwoViewMnistDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown pairing {pairing!r}; valid values are {list(PAIRINGS)}")
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.modalities: tuple[str, ...] = mods
         self.num_folds = num_folds
@@ -191,12 +254,15 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_angle = float(max_angle)
         self.split_seed = split_seed
+        self.pairing: Pairing = pairing
         self.data_source: str | None = None
         self._split_indices: dict[str, np.ndarray] = {}
         self._images: dict[str, Tensor] = {}
         self._labels: dict[str, Tensor] = {}
         self._eval_sets: dict[str, TensorDictDataset] = {}
         self._train_sampler: EpochShuffleSampler | None = None
+        self._eval_partners: dict[str, Tensor] = {}
+        self._train_partners: tuple[int, Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -207,6 +273,11 @@ class TwoViewMnistDataModule(L.LightningDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         """Shape of one view, ``(1, 32, 32)``."""
         return (1, IMAGE_SIZE, IMAGE_SIZE)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of one item of each served modality: ``(1, 32, 32)`` for every view."""
+        return {m: self.input_shape for m in self.modalities}
 
     # ------------------------------------------------------------------ setup
 
@@ -237,6 +308,8 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         self._split_indices = {"train": train_idx, "val": val_idx}
         self.data_source = arrays.source
         self._eval_sets = {}
+        self._eval_partners = {}
+        self._train_partners = None
         for split in ("val", "test"):
             self._eval_set(split)
 
@@ -277,17 +350,74 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         """
         if split not in self._eval_sets:
             images = self._images[split]
+            partners = self.partner_indices(split) if self.pairing == "same_class" else None
             gen = torch.Generator()
             gen.manual_seed(derive_seed(self.seed, "eval-views", split))
             chunks = [
-                make_views(images[i:i + _VIEW_CHUNK], gen, max_angle=self.max_angle,
-                           modalities=self.modalities)
+                self._draw_views(
+                    images[i:i + _VIEW_CHUNK],
+                    None if partners is None else images[partners[i:i + _VIEW_CHUNK]],
+                    gen,
+                )
                 for i in range(0, len(images), _VIEW_CHUNK)
             ]
             tensors = {m: torch.cat([c[m] for c in chunks]) for m in self.modalities}
             tensors["label"] = self._labels[split]
             self._eval_sets[split] = TensorDictDataset(tensors)
         return self._eval_sets[split]
+
+    def _draw_views(self, images: Tensor, noisy_source: Tensor | None,
+                    generator: torch.Generator) -> dict[str, Tensor]:
+        """The requested views of ``images``; the ``noisy`` one of ``noisy_source`` if given.
+
+        With a ``noisy_source`` the angles and noise are those :func:`make_views` would draw for
+        ``images`` from the same generator state (a twin generator replays the stream), and
+        ``generator`` ends in the same state either way.
+        """
+        if noisy_source is None:
+            return make_views(images, generator, max_angle=self.max_angle,
+                              modalities=self.modalities)
+        twin = torch.Generator(device=generator.device)
+        twin.set_state(generator.get_state())
+        views = make_views(images, generator, max_angle=self.max_angle,
+                           modalities=[m for m in self.modalities if m == "rotated"])
+        if "noisy" in self.modalities:
+            views["noisy"] = make_views(noisy_source, twin, max_angle=self.max_angle,
+                                        modalities=("noisy",))["noisy"]
+        return {m: views[m] for m in self.modalities}
+
+    def partner_indices(self, split: str, epoch: int | None = None) -> Tensor:
+        """Positions, within ``split``, of the image under each item's ``noisy`` view.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+            epoch: for ``"train"`` only: the training epoch whose partners to return; ``None``
+                gives the fixed partners of the ``train`` split's evaluation views
+                (:meth:`eval_dataloader`).
+
+        Returns:
+            ``int64`` tensor ``(split_size,)``: ``arange`` with ``pairing="same_image"``, else
+            the :func:`same_class_partners` of the split's labels, drawn from
+            ``derive_seed(seed, "train-partners", epoch)`` (training) or
+            ``derive_seed(seed, "eval-partners", split)`` (fixed views).
+        """
+        self._require_setup()
+        self._check_split(split)
+        if epoch is not None and split != "train":
+            raise ValueError(f"epoch applies to the train split only, got split={split!r}")
+        labels = self._labels[split]
+        if self.pairing == "same_image":
+            return torch.arange(len(labels))
+        if epoch is None:
+            if split not in self._eval_partners:
+                rng = np.random.default_rng(derive_seed(self.seed, "eval-partners", split))
+                self._eval_partners[split] = torch.from_numpy(same_class_partners(labels, rng))
+            return self._eval_partners[split]
+        if self._train_partners is None or self._train_partners[0] != epoch:
+            rng = np.random.default_rng(derive_seed(self.seed, "train-partners", int(epoch)))
+            self._train_partners = (int(epoch),
+                                    torch.from_numpy(same_class_partners(labels, rng)))
+        return self._train_partners[1]
 
     # ------------------------------------------------------------ dataloaders
 
@@ -372,7 +502,10 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         """Replace ``"image"`` and ``"index"`` of a training batch by the requested views.
 
         The views are drawn by :func:`~mmssl.data.views.make_views` on the images' device from a
-        generator seeded with :meth:`train_view_seed` ``(epoch, index[0])``.
+        generator seeded with :meth:`train_view_seed` ``(epoch, index[0])``. With
+        ``pairing="same_class"`` the ``noisy`` view is drawn, with the same angles and noise, on
+        the partner images (:meth:`partner_indices` ``("train", epoch)``, gathered from the CPU
+        copy of the training split and moved to the batch's device).
 
         Args:
             batch: ``{"image": (B, 1, 32, 32), "index": (B,), "label": (B,), ...}``.
@@ -390,7 +523,11 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         epoch = self.current_epoch() if epoch is None else epoch
         gen = torch.Generator(device=images.device)
         gen.manual_seed(self.train_view_seed(epoch, int(index[0])))
-        views = make_views(images, gen, max_angle=self.max_angle, modalities=self.modalities)
+        noisy_source = None
+        if self.pairing == "same_class" and "noisy" in self.modalities:
+            partners = self.partner_indices("train", epoch)[index.cpu()]
+            noisy_source = self._images["train"][partners].to(images.device)
+        views = self._draw_views(images, noisy_source, gen)
         for m in self.modalities:
             out[m] = views[m]
         return out

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from mmssl.nn import DCGANEncoder, default_local_tap
+
+if TYPE_CHECKING:
+    from mmssl.config import RunConfig
 
 METHODS: dict[str, type[MultimodalMethod]] = {}
 
@@ -73,6 +77,26 @@ class MultimodalMethod(L.LightningModule):
                 taps=list(taps) if taps is not None else [default_local_tap(spatial[0])],
             )
 
+    @classmethod
+    def from_config(
+        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
+    ) -> MultimodalMethod:
+        """Build the method from a validated run configuration and the data's shapes."""
+        return cls(**cls.config_kwargs(config, input_shapes, num_classes))
+
+    @classmethod
+    def config_kwargs(
+        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
+    ) -> dict[str, Any]:
+        """Constructor arguments (plain values, saved as hyperparameters in checkpoints)."""
+        return {
+            "modalities": config.modalities,
+            "input_shapes": {m: tuple(input_shapes[m]) for m in config.modalities},
+            "model": asdict(config.model),
+            "optim": asdict(config.optim),
+            "seed": config.seed,
+        }
+
     def encoder(self, modality: str) -> DCGANEncoder:
         """The encoder of ``modality``."""
         return cast(DCGANEncoder, self.encoders[modality])
@@ -131,6 +155,14 @@ class MultimodalMethod(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
+
+    def probe_encoders(self) -> dict[str, dict[str, nn.Module]]:
+        """Modules mapping each modality's input to the representation a probe evaluates.
+
+        The key ``""`` is the representation of ``metrics.json``; other keys are extra
+        variants (e.g. MMVAE's sampled z) written as ``metrics_<key>.json``.
+        """
+        return {"": {m: self.encoder(m) for m in self.modalities}}
 
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """z per modality (the downstream representation)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,9 @@ from torch import Tensor, nn
 from mmssl.methods.base import MultimodalMethod, register_method
 from mmssl.nn import GlobalHead, LocalHead
 from mmssl.objectives.taxonomy import EstimatorSettings, Objective, taxonomy_loss
+
+if TYPE_CHECKING:
+    from mmssl.config import RunConfig
 
 
 @register_method("taxonomy")
@@ -61,16 +65,36 @@ class TaxonomyMethod(MultimodalMethod):
             self.local_heads[modality] = heads
             self.global_heads[modality] = GlobalHead(encoder.latent_dim, head_dim, head_dim)
 
-    def compute_loss(
-        self, batch: Mapping[str, Tensor], generator: torch.Generator | None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    @classmethod
+    def config_kwargs(
+        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
+    ) -> dict[str, Any]:
+        return {**super().config_kwargs(config, input_shapes, num_classes),
+                "objective": asdict(config.objective)}
+
+    def global_features(self, modality: str, z: Tensor) -> Tensor:
+        """R: the projected global representation."""
+        return cast(Tensor, self.global_heads[modality](z))
+
+    def encode_all(
+        self, batch: Mapping[str, Tensor]
+    ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
+        """Projected local maps C, projected globals R and raw z, per modality."""
         local: dict[str, dict[str, Tensor]] = {}
         global_: dict[str, Tensor] = {}
+        zs: dict[str, Tensor] = {}
         for modality in self.modalities:
             out = self.encoder(modality)(batch[modality])
             heads = cast(nn.ModuleDict, self.local_heads[modality])
             local[modality] = {tap: heads[tap](out.local[tap]) for tap in heads}
-            global_[modality] = self.global_heads[modality](out.z)
+            global_[modality] = self.global_features(modality, out.z)
+            zs[modality] = out.z
+        return local, global_, zs
+
+    def compute_loss(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        local, global_, _ = self.encode_all(batch)
         result = taxonomy_loss(
             local, global_, self.objective, estimator=self.estimator, weights=self.weights,
             weight_penalty=self.weight_penalty, generator=generator,

@@ -1,0 +1,699 @@
+"""MNIST-SVHN: pairs of an MNIST digit and an SVHN house-number digit of the same class.
+
+This is the pairing protocol of MMVAE (Shi et al., NeurIPS 2019), which the Domino reference
+implementation reuses:
+
+1. **Splits.** The MNIST and SVHN training sets are each split by
+   :func:`~mmssl.data.splits.stratified_fold` (``num_folds``, ``fold``, ``seed``) into a training
+   and a validation part (the fold *is* honoured, unlike the reference, which always used fold 0);
+   the test split pairs the two official test sets.
+2. **Pairing** (:func:`pair_by_class`, per split). For every digit ``c`` the first
+   ``n_c = min(#MNIST_c, #SVHN_c, max_per_class)`` images of class ``c`` of each dataset (in file
+   order, as MMVAE's script takes them after sorting by label) are kept, and ``pairings`` times an
+   independent random permutation of each class list is paired element-wise. A split therefore
+   holds ``pairings * sum_c n_c`` pairs, every pair shares its label, and every kept image occurs
+   exactly ``pairings`` times. With the defaults (``max_per_class=10_000``, ``pairings=30``)
+   and 5 folds that is about 1.35M training, 0.34M validation and 0.3M test pairs: an "epoch"
+   sees every training image about 30 times. That is the protocol, not an accident.
+3. **Images.** ``mnist``: ``uint8`` 28×28 scaled by 1/255 and resized to 32×32 (bilinear,
+   ``align_corners=False``), **without** the per-image min-max scaling of Two-View MNIST:
+   MMVAE used ``Resize(32)`` + ``ToTensor`` (PIL rounds the resized image to ``uint8`` before
+   the division; we resize the float image, a difference below 1/255). ``svhn``: ``uint8``
+   3×32×32 scaled by 1/255. No normalisation, no augmentation.
+
+Each source image is stored once, as ``uint8`` on the CPU; a split is an array of pair indices
+into the sources, and batches are gathered and converted to ``float32`` one batch at a time
+(:class:`PairedImageDataset`).
+
+The pair indices are cached beside the data in
+``data_dir/mnist_svhn_pairs/fold{fold}-of{num_folds}-seed{seed}-max{max_per_class}-dm{pairings}.npz``
+together with a fingerprint: a SHA-256 of the four label arrays and the parameters. The pairing
+depends on nothing else, so the cache is reused exactly when recomputing would (with the same
+library versions) give the same pairs, and it is rebuilt when a label file changes. It also pins
+the split across scikit-learn upgrades that might change ``StratifiedKFold``'s shuffling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import scipy.io
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmssl.data.mnist import MNIST_FILES, _candidates, load_mnist
+from mmssl.data.splits import check_fold, stratified_fold
+from mmssl.data.two_view_mnist import EVAL_SPLITS, EpochShuffleSampler, collate_tensor_dict
+from mmssl.data.views import IMAGE_SIZE, derive_seed
+
+__all__ = [
+    "MNIST_SVHN_MODALITIES",
+    "MNIST_URL",
+    "PAIR_CACHE_DIR",
+    "SVHN_FILES",
+    "SVHN_URL",
+    "MnistSvhnDataModule",
+    "PairedImageDataset",
+    "find_mnist_svhn_files",
+    "pair_by_class",
+    "read_svhn_mat",
+]
+
+log = logging.getLogger(__name__)
+
+#: The modalities of MNIST-SVHN, in canonical order.
+MNIST_SVHN_MODALITIES: tuple[str, ...] = ("mnist", "svhn")
+#: The SVHN cropped-digit files: split -> file name.
+SVHN_FILES: dict[str, str] = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+#: Where SVHN is published (format 2, cropped digits).
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+#: Where MNIST is published (or any of its mirrors).
+MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
+#: Sub-directory of ``data_dir`` holding the cached pair indices.
+PAIR_CACHE_DIR = "mnist_svhn_pairs"
+
+_NUM_CLASSES = 10
+_SVHN_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+_CACHE_VERSION = "mnist-svhn-pairs-v1"
+_PAIR_SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------------- files
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one SVHN cropped-digits file such as ``train_32x32.mat`` or ``test_32x32.mat``.
+
+    The files are MATLAB v5 files holding ``X``, ``uint8`` of shape ``(32, 32, 3, N)`` (height,
+    width, RGB channel, image), and ``y``, of shape ``(N, 1)`` with labels ``1..10`` where ``10``
+    stands for the digit 0.
+
+    Args:
+        path: the ``.mat`` file.
+
+    Returns:
+        ``(images, labels)``: ``uint8`` ``(N, 3, 32, 32)`` (``images[n, c, h, w] == X[h, w, c, n]``)
+        and ``int64`` ``(N,)`` digits in ``0..9``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not a readable MATLAB v5 file, lacks ``X`` or ``y``, has the wrong
+            shapes or dtype, or holds labels outside ``1..10``. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SVHN file {path} does not exist (published at {SVHN_URL})")
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except NotImplementedError as err:  # MATLAB v7.3 (HDF5)
+        raise ValueError(f"{path}: unsupported MATLAB file version ({err}); expected the "
+                         f"MATLAB v5 SVHN file from {SVHN_URL}") from err
+    except Exception as err:  # scipy raises ValueError, MatReadError, TypeError, ... on junk
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(err).__name__}: "
+                         f"{err}); expected the SVHN cropped-digits file from {SVHN_URL}") from err
+    missing = [k for k in ("X", "y") if k not in mat]
+    if missing:
+        raise ValueError(f"{path}: no variable {' or '.join(missing)}; an SVHN cropped-digits "
+                         f"file holds X (32, 32, 3, N) uint8 and y (N, 1)")
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
+    if x.ndim != 4 or x.shape[:3] != _SVHN_SHAPE or x.dtype != np.uint8:
+        raise ValueError(f"{path}: X must be uint8 of shape (32, 32, 3, N), got {x.dtype} of "
+                         f"shape {x.shape}")
+    n = x.shape[3]
+    if y.shape not in ((n, 1), (n,)):
+        raise ValueError(f"{path}: y must have shape ({n}, 1) to match X's {n} images, got "
+                         f"{y.shape}")
+    y = y.reshape(-1)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{path}: y must hold integer labels, got dtype {y.dtype}")
+    bad = ~np.isin(y, np.arange(1, _NUM_CLASSES + 1))
+    if bad.any():
+        raise ValueError(f"{path}: labels must lie in 1..10 (10 meaning digit 0), found "
+                         f"{sorted(set(y[bad].tolist()))[:10]}")
+    labels = y.astype(np.int64) % _NUM_CLASSES
+    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+    return images, labels
+
+
+def _required_files() -> list[str]:
+    return [*MNIST_FILES.values(), *SVHN_FILES.values()]
+
+
+def find_mnist_svhn_files(data_dir: Path | None) -> dict[str, Path]:
+    """Locate the four MNIST IDX files and the two SVHN ``.mat`` files in ``data_dir``.
+
+    The MNIST files follow :func:`~mmssl.data.mnist.find_mnist_files` (plain or ``.gz``, dashed
+    or dotted names); the SVHN files are ``train_32x32.mat`` and ``test_32x32.mat``.
+
+    Args:
+        data_dir: the directory; ``None`` is refused (there is no embedded copy of SVHN).
+
+    Returns:
+        Role -> path, for the roles of :data:`~mmssl.data.mnist.MNIST_FILES` and ``svhn_train``,
+        ``svhn_test``.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is ``None`` or not a directory, or files are missing; the
+            message names the directory, lists exactly the missing files and says where MNIST
+            and SVHN are published.
+    """
+    where = (f"MNIST: {', '.join(MNIST_FILES.values())} (plain or .gz) from {MNIST_URL} or a "
+             f"mirror; SVHN: {', '.join(SVHN_FILES.values())} (format 2, cropped digits) from "
+             f"{SVHN_URL}")
+    if data_dir is None:
+        raise FileNotFoundError(
+            f"MNIST-SVHN has no embedded default: pass data_dir, a directory holding all of "
+            f"{', '.join(_required_files())}. {where}"
+        )
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"MNIST-SVHN data directory {data_dir} does not exist or is not a directory; it must "
+            f"hold {', '.join(_required_files())}. {where}"
+        )
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for role, name in MNIST_FILES.items():
+        hit = next((data_dir / c for c in _candidates(name) if (data_dir / c).is_file()), None)
+        if hit is None:
+            missing.append(f"{name}[.gz]")
+        else:
+            found[role] = hit
+    for split, name in SVHN_FILES.items():
+        if (data_dir / name).is_file():
+            found[f"svhn_{split}"] = data_dir / name
+        else:
+            missing.append(name)
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST-SVHN data directory {data_dir} is missing {len(missing)} of the "
+            f"{len(_required_files())} required files: {', '.join(missing)}. {where}"
+        )
+    return found
+
+
+# --------------------------------------------------------------------------------- pairing
+
+
+def pair_by_class(labels_a: np.ndarray, labels_b: np.ndarray, *, max_per_class: int,
+                  pairings: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    r"""Pair items of two labelled sets by class, the MMVAE way.
+
+    For each class :math:`c` present in both sets, in ascending order, the first
+    :math:`n_c = \min(\#a_c, \#b_c, \text{max\_per\_class})` positions of class :math:`c` in
+    each set (ascending, i.e. file order) are kept. Then ``pairings`` rounds follow; in each,
+    every class draws ``rng.permutation`` of its ``a`` list and then of its ``b`` list, the
+    permuted lists are paired element-wise and concatenated over classes, and the round's
+    :math:`N = \sum_c n_c` pairs are put in a random order (``rng.permutation(N)``) so that
+    unshuffled loaders mix classes. Rounds are laid out one after the other: the first ``k * N``
+    pairs hold every kept item exactly ``k`` times.
+
+    Args:
+        labels_a: ``(N_a,)`` integer labels of the first set.
+        labels_b: ``(N_b,)`` integer labels of the second set.
+        max_per_class: the cap on :math:`n_c`, at least 1.
+        pairings: number of rounds, at least 1 (MMVAE's ``dm``).
+        rng: the random source.
+
+    Returns:
+        ``(idx_a, idx_b)``, ``int64`` arrays of length ``pairings * N`` with
+        ``labels_a[idx_a] == labels_b[idx_b]``.
+    """
+    a, b = np.asarray(labels_a), np.asarray(labels_b)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shapes {a.shape} and {b.shape}")
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class must be at least 1, got {max_per_class}")
+    if pairings < 1:
+        raise ValueError(f"pairings must be at least 1, got {pairings}")
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    for c in np.intersect1d(np.unique(a), np.unique(b)):
+        members_a, members_b = np.flatnonzero(a == c), np.flatnonzero(b == c)
+        n = min(len(members_a), len(members_b), max_per_class)
+        kept.append((members_a[:n], members_b[:n]))
+    total = sum(len(ka) for ka, _ in kept)
+    idx_a = np.empty(pairings * total, dtype=np.int64)
+    idx_b = np.empty(pairings * total, dtype=np.int64)
+    for r in range(pairings):
+        round_a, round_b = [], []
+        for ka, kb in kept:
+            round_a.append(rng.permutation(ka))
+            round_b.append(rng.permutation(kb))
+        order = rng.permutation(total)
+        chunk = slice(r * total, (r + 1) * total)
+        if total:
+            idx_a[chunk] = np.concatenate(round_a)[order]
+            idx_b[chunk] = np.concatenate(round_b)[order]
+    return idx_a, idx_b
+
+
+def _fingerprint(labels: Mapping[str, np.ndarray], params: Mapping[str, int]) -> str:
+    """SHA-256 over the cache version, the parameters and the label arrays (as int64)."""
+    digest = hashlib.sha256(_CACHE_VERSION.encode())
+    for key in sorted(params):
+        digest.update(f"{key}={int(params[key])};".encode())
+    for key in sorted(labels):
+        array = np.ascontiguousarray(labels[key], dtype="<i8")
+        digest.update(f"{key}:{len(array)};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------- dataset
+
+
+class PairedImageDataset(Dataset[dict[str, Tensor]]):
+    """Pairs of images stored once per source and looked up through pair indices.
+
+    Item ``i`` is ``{m: image of sources[m][pairs[m][i]] as float32, "label": labels[i]}``.
+    Sources are ``uint8`` ``(N_m, C, H, W)`` tensors; an item is scaled by 1/255 and, when its
+    side is not ``size``, resized bilinearly (``align_corners=False``) to ``size`` × ``size``
+    and clamped to :math:`[0, 1]`. ``__getitems__`` gathers a whole batch with one indexing
+    operation per modality (use :func:`~mmssl.data.two_view_mnist.collate_tensor_dict`).
+    """
+
+    def __init__(self, sources: Mapping[str, Tensor], pairs: Mapping[str, Tensor],
+                 labels: Tensor, *, size: int = IMAGE_SIZE) -> None:
+        """Check that every modality has a source and pair indices as long as ``labels``."""
+        if not sources or set(sources) != set(pairs):
+            raise ValueError(f"sources {sorted(sources)} and pairs {sorted(pairs)} must name the "
+                             f"same, non-empty set of modalities")
+        for m, idx in pairs.items():
+            if idx.ndim != 1 or len(idx) != len(labels):
+                raise ValueError(f"pair indices of {m!r} have shape {tuple(idx.shape)}; "
+                                 f"expected ({len(labels)},)")
+            if sources[m].ndim != 4 or sources[m].dtype != torch.uint8:
+                raise ValueError(f"source of {m!r} must be uint8 (N, C, H, W), got "
+                                 f"{sources[m].dtype} {tuple(sources[m].shape)}")
+        self.sources = dict(sources)
+        self.pairs = {m: idx.to(torch.long) for m, idx in pairs.items()}
+        self.labels = labels
+        self.size = size
+
+    def __len__(self) -> int:
+        """Number of pairs."""
+        return len(self.labels)
+
+    def _convert(self, images: Tensor) -> Tensor:
+        x = images.to(torch.float32).div_(255.0)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                              align_corners=False).clamp_(0.0, 1.0)
+        return x
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """An already collated batch of the pairs ``indices``."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {m: self._convert(self.sources[m][self.pairs[m][idx]]) for m in self.sources}
+        batch["label"] = self.labels[idx]
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Pair ``index`` as ``{modality: (C, size, size), "label": ()}``."""
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+# ------------------------------------------------------------------------------ datamodule
+
+
+class MnistSvhnDataModule(L.LightningDataModule):
+    """MNIST-SVHN with MMVAE's class-matched pairing (see the module docstring).
+
+    Batches of every loader are ``{"mnist": (B, 1, 32, 32), "svhn": (B, 3, 32, 32), "label":
+    (B,)}`` (only the requested modalities), ``float32`` in :math:`[0, 1]` and ``int64``; there is
+    no augmentation, so nothing happens after the batch transfer. The public surface matches
+    :class:`~mmssl.data.two_view_mnist.TwoViewMnistDataModule`.
+
+    Args:
+        data_dir: directory with the MNIST IDX files and ``train_32x32.mat``, ``test_32x32.mat``
+            (there is no embedded default; ``None`` raises at :meth:`setup`). The pair cache is
+            written to its ``mnist_svhn_pairs`` sub-directory when it is writable.
+        num_folds: number of stratified folds of each training set.
+        fold: the fold used for validation, ``0 <= fold < num_folds``.
+        batch_size: training (and validation/test) batch size; training drops the last
+            incomplete batch.
+        seed: seeds the fold split, the pairing and the shuffling.
+        num_workers: data-loader worker processes.
+        eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
+        max_per_class: cap on the images kept per class and dataset (MMVAE's ``max_d``).
+        pairings: number of pairing rounds (MMVAE's ``dm``).
+        modalities: the modalities to serve, a non-empty, duplicate-free subset of
+            :data:`MNIST_SVHN_MODALITIES`, in the order given. The pairing always uses both
+            datasets' labels, so a single-modality run sees the same ``pairings``-fold repeated
+            images as a bimodal one (as in the reference).
+        eval_pairings: how many pairing rounds :meth:`eval_dataloader` serves (the first ones,
+            each holding every kept image once); ``None`` serves all ``pairings``, like the
+            reference. ``1`` makes feature extraction and probing ``pairings`` times cheaper.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None,
+        num_folds: int = 5,
+        fold: int = 0,
+        batch_size: int = 64,
+        seed: int = 343,
+        num_workers: int = 0,
+        eval_batch_size: int = 256,
+        max_per_class: int = 10_000,
+        pairings: int = 30,
+        modalities: Sequence[str] = MNIST_SVHN_MODALITIES,
+        eval_pairings: int | None = None,
+    ) -> None:
+        """Validate the arguments; nothing is loaded until :meth:`setup`."""
+        super().__init__()
+        if isinstance(modalities, str):
+            modalities = (modalities,)
+        mods = tuple(modalities)
+        valid = list(MNIST_SVHN_MODALITIES)
+        if not mods:
+            raise ValueError(f"modalities must not be empty; valid ones are {valid}")
+        unknown = [m for m in mods if m not in MNIST_SVHN_MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; valid ones are {valid}")
+        if len(set(mods)) != len(mods):
+            raise ValueError(f"duplicate modalities in {list(mods)}")
+        check_fold(num_folds, fold)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("max_per_class", max_per_class), ("pairings", pairings)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        if eval_pairings is not None and not 1 <= eval_pairings <= pairings:
+            raise ValueError(f"eval_pairings must lie in 1..pairings={pairings} (or be None), "
+                             f"got {eval_pairings}")
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.modalities: tuple[str, ...] = mods
+        self.num_folds = num_folds
+        self.fold = fold
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size
+        self.max_per_class = max_per_class
+        self.pairings = pairings
+        self.eval_pairings = pairings if eval_pairings is None else eval_pairings
+        self.data_source: str | None = None
+        #: Path of the pair cache used by the last :meth:`setup`, ``None`` if it was not written.
+        self.cache_path: Path | None = None
+        self._pairs: dict[str, dict[str, np.ndarray]] = {}
+        self._datasets: dict[str, PairedImageDataset] = {}
+        self._train_sampler: EpochShuffleSampler | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of digit classes (10)."""
+        return _NUM_CLASSES
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Item shape of each served modality: ``mnist`` (1, 32, 32), ``svhn`` (3, 32, 32)."""
+        shapes = {"mnist": (1, IMAGE_SIZE, IMAGE_SIZE), "svhn": (3, IMAGE_SIZE, IMAGE_SIZE)}
+        return {m: shapes[m] for m in self.modalities}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The one item shape shared by all served modalities (for single-shape callers).
+
+        Raises:
+            ValueError: the modalities have different shapes (``mnist`` and ``svhn`` together);
+                use :attr:`input_shapes`.
+        """
+        shapes = set(self.input_shapes.values())
+        if len(shapes) != 1:
+            raise ValueError(f"the modalities have different input shapes {self.input_shapes}; "
+                             f"use input_shapes")
+        return shapes.pop()
+
+    @property
+    def cache_file(self) -> Path | None:
+        """Where the pair indices of this configuration are cached (``None`` without data_dir)."""
+        if self.data_dir is None:
+            return None
+        name = (f"fold{self.fold}-of{self.num_folds}-seed{self.seed}-max{self.max_per_class}"
+                f"-dm{self.pairings}.npz")
+        return self.data_dir / PAIR_CACHE_DIR / name
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the files, load or compute the pairs and build the datasets.
+
+        Idempotent: later calls (Lightning calls it once per stage) do nothing.
+
+        Raises:
+            FileNotFoundError: ``data_dir`` is ``None`` or files are missing
+                (see :func:`find_mnist_svhn_files`).
+            ValueError: a file is malformed.
+        """
+        if self._datasets:
+            return
+        files = find_mnist_svhn_files(self.data_dir)
+        assert self.data_dir is not None  # find_mnist_svhn_files refuses None
+        mnist = load_mnist(self.data_dir)
+        svhn_train_x, svhn_train_y = read_svhn_mat(files["svhn_train"])
+        svhn_test_x, svhn_test_y = read_svhn_mat(files["svhn_test"])
+        labels = {
+            "mnist_train": mnist.train_labels, "svhn_train": svhn_train_y,
+            "mnist_test": mnist.test_labels, "svhn_test": svhn_test_y,
+        }
+        self._pairs = self._load_or_make_pairs(labels)
+        images = {
+            "train": {"mnist": mnist.train_images, "svhn": svhn_train_x},
+            "test": {"mnist": mnist.test_images, "svhn": svhn_test_x},
+        }
+        sources = {
+            part: {m: self._as_source(images[part][m]) for m in self.modalities}
+            for part in ("train", "test")
+        }
+        self._datasets = {}
+        for split in _PAIR_SPLITS:
+            part = "test" if split == "test" else "train"
+            pairs = self._pairs[split]
+            self._datasets[split] = PairedImageDataset(
+                sources[part],
+                {m: torch.from_numpy(pairs[m]) for m in self.modalities},
+                torch.from_numpy(labels[f"mnist_{part}"][pairs["mnist"]]),
+            )
+        self.data_source = (f"{self.data_dir} (MNIST IDX + SVHN .mat; fold {self.fold} of "
+                            f"{self.num_folds}, seed {self.seed}, max_per_class "
+                            f"{self.max_per_class}, pairings {self.pairings})")
+
+    @staticmethod
+    def _as_source(images: np.ndarray) -> Tensor:
+        """``uint8`` ``(N, C, H, W)`` tensor of ``(N, H, W)`` or ``(N, C, H, W)`` images."""
+        t = torch.from_numpy(np.ascontiguousarray(images))
+        return t.unsqueeze(1) if t.ndim == 3 else t
+
+    def _params(self) -> dict[str, int]:
+        return {"num_folds": self.num_folds, "fold": self.fold, "seed": self.seed,
+                "max_per_class": self.max_per_class, "pairings": self.pairings}
+
+    def _compute_pairs(self, labels: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Fold-split both training sets and pair every split (indices into the full sources)."""
+        parts: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
+        for m in MNIST_SVHN_MODALITIES:
+            train_idx, val_idx = stratified_fold(labels[f"{m}_train"], num_folds=self.num_folds,
+                                                 fold=self.fold, seed=self.seed)
+            parts["train"][m], parts["val"][m] = train_idx, val_idx
+        parts["test"] = {m: np.arange(len(labels[f"{m}_test"]), dtype=np.int64)
+                         for m in MNIST_SVHN_MODALITIES}
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for split in _PAIR_SPLITS:
+            source = "test" if split == "test" else "train"
+            members = parts[split]
+            rng = np.random.default_rng(
+                derive_seed(self.seed, "mnist-svhn-pairs", self.num_folds, self.fold, split))
+            ia, ib = pair_by_class(labels[f"mnist_{source}"][members["mnist"]],
+                                   labels[f"svhn_{source}"][members["svhn"]],
+                                   max_per_class=self.max_per_class, pairings=self.pairings,
+                                   rng=rng)
+            out[split] = {"mnist": members["mnist"][ia], "svhn": members["svhn"][ib]}
+        return out
+
+    @staticmethod
+    def _valid_pairs(pairs: Mapping[str, Mapping[str, np.ndarray]],
+                     labels: Mapping[str, np.ndarray]) -> bool:
+        """Whether cached pairs are in range and label-matched for these label arrays."""
+        for split in _PAIR_SPLITS:
+            source = "test" if split == "test" else "train"
+            ia, ib = pairs[split]["mnist"], pairs[split]["svhn"]
+            la, lb = labels[f"mnist_{source}"], labels[f"svhn_{source}"]
+            if ia.ndim != 1 or ia.shape != ib.shape or ia.dtype.kind not in "iu" \
+                    or ib.dtype.kind not in "iu":
+                return False
+            if len(ia) and (ia.min() < 0 or ia.max() >= len(la) or ib.min() < 0
+                            or ib.max() >= len(lb)):
+                return False
+            if not np.array_equal(la[ia], lb[ib]):
+                return False
+        return True
+
+    def _read_cache(self, path: Path, fingerprint: str,
+                    labels: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]] | None:
+        """The cached pairs at ``path`` when present, readable, current and consistent."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != fingerprint:
+                    log.info("MNIST-SVHN pair cache %s is stale (the labels or parameters "
+                             "changed); recomputing", path)
+                    return None
+                pairs = {s: {m: np.asarray(z[f"{s}_{m}"], dtype=np.int64)
+                             for m in MNIST_SVHN_MODALITIES} for s in _PAIR_SPLITS}
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("MNIST-SVHN pair cache %s is unreadable (%s); recomputing", path, err)
+            return None
+        if not self._valid_pairs(pairs, labels):
+            log.warning("MNIST-SVHN pair cache %s is inconsistent with the data; recomputing",
+                        path)
+            return None
+        return pairs
+
+    @staticmethod
+    def _write_cache(path: Path, fingerprint: str,
+                     pairs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Write the cache atomically: a temporary file in the same directory, then rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {f"{s}_{m}": pairs[s][m] for s in pairs for m in pairs[s]}
+        arrays["fingerprint"] = np.array(fingerprint)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _load_or_make_pairs(self, labels: Mapping[str, np.ndarray]
+                            ) -> dict[str, dict[str, np.ndarray]]:
+        path = self.cache_file
+        assert path is not None
+        fingerprint = _fingerprint(labels, self._params())
+        cached = self._read_cache(path, fingerprint, labels)
+        if cached is not None:
+            log.info("MNIST-SVHN pairs loaded from %s", path)
+            self.cache_path = path
+            return cached
+        pairs = self._compute_pairs(labels)
+        try:
+            self._write_cache(path, fingerprint, pairs)
+        except OSError as err:
+            log.warning("could not write the MNIST-SVHN pair cache %s (%s); using the pairs "
+                        "computed in memory", path, err)
+            self.cache_path = None
+        else:
+            log.info("MNIST-SVHN pairs written to %s", path)
+            self.cache_path = path
+        return pairs
+
+    # ------------------------------------------------------------- accessors
+
+    def _require_setup(self) -> None:
+        if not self._datasets:
+            raise RuntimeError("MnistSvhnDataModule.setup() must be called first")
+
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid ones are {list(EVAL_SPLITS)}")
+
+    def split_size(self, split: str) -> int:
+        """Number of pairs in ``split`` (one of ``train``, ``val``, ``test``), all pairings."""
+        self._require_setup()
+        self._check_split(split)
+        return len(self._datasets[split])
+
+    def pair_indices(self, split: str) -> dict[str, np.ndarray]:
+        """The pairs of ``split``: modality -> indices into that dataset's source split.
+
+        ``train`` and ``val`` index the official training sets (MNIST 60k, SVHN 73,257 at full
+        scale), ``test`` the test sets; both modalities are returned whatever is served.
+        """
+        self._require_setup()
+        self._check_split(split)
+        return {m: v.copy() for m, v in self._pairs[split].items()}
+
+    # ------------------------------------------------------------ dataloaders
+
+    def _loader(self, dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
+                sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_tensor_dict,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training pairs; the order is a function of (seed, epoch), last batch dropped.
+
+        Uses an :class:`~mmssl.data.two_view_mnist.EpochShuffleSampler`, whose ``set_epoch``
+        Lightning calls every epoch, so a resumed run sees the same order.
+        """
+        self._require_setup()
+        dataset = self._datasets["train"]
+        n = len(dataset)
+        if n < self.batch_size:
+            raise ValueError(
+                f"the training split holds {n} pairs, fewer than batch_size={self.batch_size}; "
+                f"with drop_last there would be no training batch"
+            )
+        self._train_sampler = EpochShuffleSampler(n, seed=self.seed)
+        return self._loader(dataset, self.batch_size, sampler=self._train_sampler,
+                            drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation pairs of the first ``eval_pairings`` rounds, stored (class-mixed) order.
+
+        Batch size ``batch_size``, so the contrastive validation loss matches training's.
+        """
+        self._require_setup()
+        return self._loader(self._first_rounds("val"), self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """All test pairs, in their stored (class-mixed) order, batch size ``batch_size``."""
+        self._require_setup()
+        return self._loader(self._datasets["test"], self.batch_size)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Unshuffled, complete batches of ``split`` for feature extraction.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+
+        Returns:
+            A loader over the first ``eval_pairings`` pairing rounds of ``split`` (all of them by
+            default) with batch size ``eval_batch_size`` that keeps the last incomplete batch.
+        """
+        self._check_split(split)
+        self._require_setup()
+        return self._loader(self._first_rounds(split), self.eval_batch_size)
+
+    def _first_rounds(self, split: str) -> Dataset[dict[str, Tensor]]:
+        """The pairs of the first ``eval_pairings`` pairing rounds of ``split``."""
+        dataset = self._datasets[split]
+        n = len(dataset) // self.pairings * self.eval_pairings
+        if n == len(dataset):
+            return dataset
+        return PairedImageDataset(
+            dataset.sources, {m: p[:n] for m, p in dataset.pairs.items()}, dataset.labels[:n],
+            size=dataset.size,
+        )
