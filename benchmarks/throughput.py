@@ -1,7 +1,7 @@
-"""Training throughput of every taxonomy objective, and the InfoNCE estimator vs its mask oracle.
+"""Training throughput of every taxonomy objective and every method; InfoNCE estimator vs masks.
 
 Run ``.venv/bin/python benchmarks/throughput.py`` (or ``make bench``); ``--help`` lists the
-options and ``benchmarks/README.md`` explains every column. Two parts, in the same run:
+options and ``benchmarks/README.md`` explains every column. Three parts, in the same run:
 
 1. **Per objective** (Fedorov et al., arXiv 2012.13623, paper defaults: DCGAN width 32, latent
    64, heads 64, ``block1`` 8×8 local tap, two 1×32×32 modalities): full training steps
@@ -12,6 +12,11 @@ options and ``benchmarks/README.md`` explains every column. Two parts, in the sa
 2. **Estimator vs masks**: :func:`~mmssl.objectives.infonce.infonce` against
    :func:`~mmssl.objectives.infonce.infonce_with_masks` on CR-like shapes — same loss, penalty
    and gradients, forward+backward time and memory of each.
+3. **Per method**: a full training step of every registered method (``mmssl.methods.METHODS``,
+   built from the resolved default configuration, as ``mmssl train`` does), the taxonomy as
+   CR-XX-CC-RR and RR: pairs/s, ms/step, trainable parameters and the slowdown against the
+   fastest decoder-free row, so the cost of decoders (AE, DCCAE, RR-AE, MMVAE) is visible next
+   to the decoder-free models.
 
 Every timing is the median over ``--repeats`` rounds after ``--warmup`` rounds; the quantities
 compared with each other are measured in interleaved rounds, so background load hits them alike.
@@ -23,23 +28,26 @@ import argparse
 import gc
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmssl.methods import TaxonomyMethod
+from mmssl.config import RunConfig, resolve
+from mmssl.methods import METHODS, MultimodalMethod, TaxonomyMethod
 from mmssl.objectives.infonce import InfoNCEResult, infonce, infonce_with_masks
 from mmssl.objectives.taxonomy import Objective, all_objectives, taxonomy_loss
 
@@ -50,6 +58,19 @@ QUICK_OBJECTIVES: tuple[str, ...] = ("CR", "RR", "CR-XX-CC-RR")
 BATCH_POOL = 4  # distinct random batches cycled through by the timed steps
 DEFAULT_REPEATS, DEFAULT_WARMUP = 15, 3
 QUICK_REPEATS, QUICK_WARMUP = 3, 1
+
+# Part 3: the methods' input shapes per dataset (both datasets are 32×32; SVHN is in colour).
+DATASET_SHAPES: dict[str, dict[str, tuple[int, int, int]]] = {
+    "two_view_mnist": {"rotated": (1, 32, 32), "noisy": (1, 32, 32)},
+    "mnist_svhn": {"mnist": (1, 32, 32), "svhn": (3, 32, 32)},
+}
+NUM_CLASSES = 10
+METHOD_ORDER: tuple[str, ...] = ("taxonomy", "supervised", "ae", "dccae", "cr_cca", "rr_ae",
+                                 "mmvae")
+QUICK_METHODS: tuple[str, ...] = ("taxonomy", "ae", "cr_cca")  # MMVAE (K = 30) is the slow one
+TAXONOMY_ROWS: tuple[str, ...] = ("CR-XX-CC-RR", "RR")  # the taxonomy's objectives in part 3
+# The start of mmssl.objectives.cca's warning for a batch too small for the representation.
+CCA_WARNING = "CCA on a batch of"
 
 MEMORY_METHODS = {
     "cpu": (
@@ -70,7 +91,10 @@ FOOTER = (
     "encoder+heads forward alone; rest ms = step − fwd − objective (encoder and head backward, "
     "optimizer step). Estimator table: ratios are mask-based / estimator, so > 1 means the "
     "estimator is faster or smaller; max |Δ| compares loss, penalty and input gradients of the "
-    "two. All times are medians of interleaved rounds; IQR% = interquartile range / median (noise)."
+    "two. Methods table: a full training step of each method with its default configuration "
+    "(params = trainable parameters); × slower = ms/step / ms/step of the fastest decoder-free "
+    "row. All times are medians of interleaved rounds; IQR% = interquartile range / median "
+    "(noise)."
 )
 
 
@@ -161,7 +185,7 @@ class ObjectiveRow:
     objective_ms: float
     objective_share: float
     rest_ms: float
-    split_check_abs_diff: float  # |compute_loss − taxonomy_loss(head outputs)|, same generator
+    split_check_abs_diff: float  # |compute_loss − taxonomy_loss(encode_all)|, same generator
 
 
 def build_method(objective: str, device: torch.device) -> TaxonomyMethod:
@@ -178,33 +202,23 @@ def build_method(objective: str, device: torch.device) -> TaxonomyMethod:
     return method.to(device).train()
 
 
-def random_batches(batch_size: int, device: torch.device, count: int) -> list[dict[str, Tensor]]:
-    """``count`` random batches of views, prepared once, in the training batch format."""
+def random_batches(
+    batch_size: int, device: torch.device, count: int,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> list[dict[str, Tensor]]:
+    """``count`` random batches of views in [0, 1] plus labels 0..9, prepared once.
+
+    In the training batch format; ``input_shapes`` defaults to part 1's two 1×32×32 modalities.
+    """
+    shapes = input_shapes if input_shapes is not None else {m: INPUT_SHAPE for m in MODALITIES}
     generator = torch.Generator().manual_seed(1234)
     batches = []
     for _ in range(count):
-        batch = {m: torch.rand(batch_size, *INPUT_SHAPE, generator=generator) for m in MODALITIES}
-        batch["label"] = torch.randint(10, (batch_size,), generator=generator)
+        batch = {m: torch.rand(batch_size, *shape, generator=generator)
+                 for m, shape in shapes.items()}
+        batch["label"] = torch.randint(NUM_CLASSES, (batch_size,), generator=generator)
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
-
-
-def head_outputs(
-    method: TaxonomyMethod, batch: Mapping[str, Tensor]
-) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
-    """Encoders + heads, exactly as in :meth:`TaxonomyMethod.compute_loss` up to the objective.
-
-    ``measure_objective`` checks that ``taxonomy_loss`` on these outputs reproduces
-    ``compute_loss`` (``split_check_abs_diff``), so a drift of the method shows up in the report.
-    """
-    local: dict[str, dict[str, Tensor]] = {}
-    global_: dict[str, Tensor] = {}
-    for modality in method.modalities:
-        out = method.encoders[modality](batch[modality])
-        heads = cast(nn.ModuleDict, method.local_heads[modality])
-        local[modality] = {tap: heads[tap](out.local[tap]) for tap in heads}
-        global_[modality] = method.global_heads[modality](out.z)
-    return local, global_
 
 
 def objective_loss(
@@ -239,12 +253,13 @@ def measure_objective(
         optimizer.step()
 
     def forward_only() -> None:
-        # With autograd recording, as in a training step; the graph is freed on return.
-        head_outputs(method, next(forward_batches))
+        # Encoders + heads (TaxonomyMethod.encode_all, the forward part of compute_loss), with
+        # autograd recording as in a training step; the graph is freed on return.
+        method.encode_all(next(forward_batches))
 
     # Detached leaf copies of the head outputs: the objective's backward stops at them.
     with torch.no_grad():
-        local_out, global_out = head_outputs(method, batches[0])
+        local_out, global_out, _ = method.encode_all(batches[0])
     local_leaves = {m: {k: v.detach().clone().requires_grad_() for k, v in layers.items()}
                     for m, layers in local_out.items()}
     global_leaves = {m: v.detach().clone().requires_grad_() for m, v in global_out.items()}
@@ -256,9 +271,10 @@ def measure_objective(
         generator = torch.Generator().manual_seed(0)
         objective_loss(method, local_leaves, global_leaves, generator).backward()
 
-    # The split must measure the computation of the real step: same loss, same generator.
+    # The split must measure the computation of the real step: taxonomy_loss on encode_all's
+    # outputs, with the same generator, must give compute_loss's loss (split_check_abs_diff).
     loss, terms = method.compute_loss(batches[0], torch.Generator().manual_seed(7))
-    local_check, global_check = head_outputs(method, batches[0])
+    local_check, global_check, _ = method.encode_all(batches[0])
     split = objective_loss(method, local_check, global_check, torch.Generator().manual_seed(7))
     split_diff = float((loss - split).abs().detach())
     n_terms = sum(1 for name in terms if not name.endswith("/penalty"))
@@ -414,6 +430,155 @@ def compare_estimators(
 
 
 # --------------------------------------------------------------------------------------------
+# Part 3: every method's training throughput
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """Throughput of one method's full training step, against the fastest decoder-free row."""
+
+    label: str  # the table's name: "taxonomy CR-XX-CC-RR", "mmvae K=30", "ae", …
+    method: str  # the registry name (mmssl.methods.METHODS)
+    variant: str  # the taxonomy objective or MMVAE's K; "" for the other methods
+    decoders: bool  # whether the method decodes its inputs (the AE family, MMVAE)
+    batch_size: int
+    parameters: int  # trainable parameters
+    loss: float  # loss of the untimed first step: finite unless the method is broken
+    pairs_per_s: float
+    step_ms: float
+    step_iqr_percent: float
+    slowdown: float  # step_ms / step_ms of the reference row
+    reference: str  # label of the fastest decoder-free row (the fastest row if none is)
+
+
+@dataclass(frozen=True)
+class BuiltMethod:
+    """What part 3 keeps of a built method besides its training step."""
+
+    label: str
+    variant: str
+    method: str
+    decoders: bool
+    cca: bool  # has a DCCA term (DCCAE, CR-CCA)
+    parameters: int
+    loss: float
+
+
+def method_configs(
+    names: Sequence[str], dataset: str, mmvae_k: int | None
+) -> list[tuple[str, str, RunConfig]]:
+    """(label, variant, resolved configuration) per row: the defaults ``mmssl train`` uses.
+
+    The taxonomy gives one row per objective of :data:`TAXONOMY_ROWS`.
+    """
+    rows: list[tuple[str, str, RunConfig]] = []
+    for name in names:
+        overrides: dict[str, Any] = {"method": name, "data.dataset": dataset}
+        if name == "mmvae" and mmvae_k is not None:
+            overrides["mmvae.K"] = mmvae_k
+        objectives: Sequence[str | None] = TAXONOMY_ROWS if name == "taxonomy" else (None,)
+        for objective in objectives:
+            if objective is not None:
+                overrides = {**overrides, "objective.name": objective}
+            config = resolve(None, None, overrides)
+            variant = (config.objective.name if name == "taxonomy"
+                       else f"K={config.mmvae.K}" if name == "mmvae" else "")
+            rows.append((f"{name} {variant}".strip(), variant, config))
+    return rows
+
+
+def cca_note(message: str, cca_labels: Sequence[str]) -> str:
+    """What the output says instead of DCCA's (expected) degenerate-batch warning."""
+    what = message.split(":", 1)[0]  # "CCA on a batch of B samples with … dimensions (o1, o2)"
+    return (f"{what}: DCCA warns that the batch is not larger than the representation "
+            f"dimension + 1, so its correlations are near-degenerate. Expected at this batch "
+            f"size; the warning is suppressed here. It concerns the CCA method(s)"
+            f"{' (' + ', '.join(cca_labels) + ')' if cca_labels else ''} and what their loss "
+            "means, not what a step costs.")
+
+
+def training_step(
+    model: MultimodalMethod, optimizer: torch.optim.Optimizer,
+    batches: Sequence[Mapping[str, Tensor]],
+) -> Callable[[], Tensor]:
+    """One full training step per call, cycling through ``batches``; returns the loss.
+
+    As ``training_step`` computes it (``compute_loss`` with a per-step generator), then
+    ``backward`` and the optimizer step.
+    """
+    step_batches = itertools.cycle(batches)
+    step_counter = itertools.count()
+
+    def step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        generator = torch.Generator().manual_seed(next(step_counter))
+        loss, _ = model.compute_loss(next(step_batches), generator)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def measure_methods(
+    names: Sequence[str], batch_size: int, device: torch.device, *, dataset: str,
+    mmvae_k: int | None, warmup: int, repeats: int,
+) -> tuple[list[MethodRow], list[str]]:
+    """Build every method, check one step each, then time all their steps, interleaved.
+
+    Returns the rows and notes on suppressed warnings (DCCA's, for a batch ≤ its dimension + 1);
+    any other warning is passed on.
+    """
+    input_shapes = DATASET_SHAPES[dataset]
+    batches = random_batches(batch_size, device, BATCH_POOL, input_shapes)
+    built: list[BuiltMethod] = []
+    steps: dict[str, Callable[[], Tensor]] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        for label, variant, config in method_configs(names, dataset, mmvae_k):
+            torch.manual_seed(0)
+            shapes = {m: input_shapes[m] for m in config.modalities}
+            model = METHODS[config.method].from_config(config, shapes, NUM_CLASSES)
+            model = model.to(device).train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.RAdam(params, lr=config.optim.lr,
+                                          weight_decay=config.optim.weight_decay)
+            steps[label] = training_step(model, optimizer, batches)
+            first_loss = float(steps[label]())  # untimed: builds lazy state, checks the loss
+            built.append(BuiltMethod(label, variant, config.method, hasattr(model, "decoders"),
+                                     hasattr(model, "cca"), sum(p.numel() for p in params),
+                                     first_loss))
+        timings = time_interleaved(steps, device, warmup=warmup, repeats=repeats)
+    notes: list[str] = []
+    cca_labels = [b.label for b in built if b.cca]
+    for warning in caught:
+        message = str(warning.message)
+        if issubclass(warning.category, UserWarning) and message.startswith(CCA_WARNING):
+            note = cca_note(message, cca_labels)
+            if note not in notes:
+                notes.append(note)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno, source=warning.source)
+
+    # The reference: the fastest decoder-free row (the fastest row when none is decoder-free).
+    reference = min([b for b in built if not b.decoders] or built,
+                    key=lambda b: timings[b.label].median_ms).label
+    reference_ms = timings[reference].median_ms
+    rows = [
+        MethodRow(
+            label=b.label, method=b.method, variant=b.variant, decoders=b.decoders,
+            batch_size=batch_size, parameters=b.parameters, loss=b.loss,
+            pairs_per_s=batch_size / (timings[b.label].median_ms / 1000.0),
+            step_ms=timings[b.label].median_ms, step_iqr_percent=timings[b.label].iqr_percent,
+            slowdown=timings[b.label].median_ms / reference_ms, reference=reference,
+        )
+        for b in built
+    ]
+    return rows, notes
+
+
+# --------------------------------------------------------------------------------------------
 # Command line and report
 # --------------------------------------------------------------------------------------------
 
@@ -439,18 +604,36 @@ def objective_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def method_list(text: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one method")
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(all_methods())}")
+    return names
+
+
+def all_methods() -> list[str]:
+    """Every registered method, in the report's order (unlisted registrations last)."""
+    return ([name for name in METHOD_ORDER if name in METHODS]
+            + [name for name in METHODS if name not in METHOD_ORDER])
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser = argparse.ArgumentParser(
         prog="throughput.py",
-        description="Training throughput per taxonomy objective, and the InfoNCE estimator "
-        "against its mask-based implementation (time, memory, agreement).",
+        description="Training throughput per taxonomy objective, the InfoNCE estimator "
+        "against its mask-based implementation (time, memory, agreement), and training "
+        "throughput per method (decoder-free and decoder-based).",
     )
     parser.add_argument("--objectives", type=objective_list, default=None,
                         help="comma-separated objectives, e.g. CR,XX,CR-XX-CC-RR (default: all "
                         f"15; with --quick: {','.join(QUICK_OBJECTIVES)})")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="training batch size of part 1 (default: 64)")
+                        help="training batch size of parts 1 and 3 (default: 64)")
     parser.add_argument("--device", default=default_device,
                         help=f"torch device (default here: {default_device})")
     parser.add_argument("--repeats", type=int, default=None,
@@ -460,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"untimed rounds first (default: {DEFAULT_WARMUP}; "
                         f"--quick: {QUICK_WARMUP})")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 objectives, few repeats")
+                        help="smoke run: 3 objectives, 3 methods, few repeats")
     parser.add_argument("--est-batch-sizes", type=int_list, default=[64, 128],
                         help="batch sizes B of the estimator comparison (default: 64,128)")
     parser.add_argument("--est-locations", type=int_list, default=[64, 512],
@@ -468,8 +651,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 64,512 = an 8×8 and an 8³ map)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's default)")
+    parser.add_argument("--methods", type=method_list, default=None,
+                        help="comma-separated methods of part 3, e.g. taxonomy,ae,mmvae "
+                        f"(default: all: {','.join(all_methods())}; with --quick: "
+                        f"{','.join(QUICK_METHODS)}); taxonomy gives the rows "
+                        f"{' and '.join(TAXONOMY_ROWS)}")
+    parser.add_argument("--dataset", choices=list(DATASET_SHAPES), default="two_view_mnist",
+                        help="input shapes of part 3: two_view_mnist (2×1×32×32, default) or "
+                        "mnist_svhn (1×32×32 and 3×32×32)")
+    parser.add_argument("--mmvae-k", type=int, default=None,
+                        help="MMVAE's importance samples K in part 3 (default: the "
+                        "configuration's, 30)")
     parser.add_argument("--skip-objectives", action="store_true", help="skip part 1")
     parser.add_argument("--skip-estimator", action="store_true", help="skip part 2")
+    parser.add_argument("--skip-methods", action="store_true", help="skip part 3")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
@@ -550,6 +745,21 @@ def estimator_table(rows: Sequence[EstimatorRow], memory_label: str) -> Table:
     return table
 
 
+def methods_table(rows: Sequence[MethodRow], batch_size: int, dataset: str) -> Table:
+    reference = rows[0].reference if rows else "?"
+    table = Table(title=f"Training throughput per method ({dataset}, batch {batch_size}, "
+                  "median)")
+    headers = ("method", "decoders", "params", "pairs/s", "ms/step", "IQR%",
+               f"× slower than {reference}")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("method", "decoders") else "right")
+    for r in rows:
+        table.add_row(r.label, "yes" if r.decoders else "no", f"{r.parameters:,}",
+                      f"{r.pairs_per_s:,.0f}", f"{r.step_ms:.2f}", f"{r.step_iqr_percent:.0f}",
+                      f"{r.slowdown:.2f}×")
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and return (and optionally write) the results.
 
@@ -587,7 +797,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, 
         QUICK_WARMUP if args.quick else DEFAULT_WARMUP)
     if repeats < 1 or warmup < 0:
         parser.error("--repeats must be ≥ 1 and --warmup ≥ 0")
+    if args.mmvae_k is not None and args.mmvae_k < 1:
+        parser.error("--mmvae-k must be ≥ 1")
     objectives = args.objectives or (list(QUICK_OBJECTIVES) if args.quick else all_objectives())
+    methods = args.methods or (list(QUICK_METHODS) if args.quick else all_methods())
 
     console = make_console()
     meta: dict[str, Any] = {
@@ -604,6 +817,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, 
         "quick": args.quick,
         "memory_method": MEMORY_METHODS[device.type],
         "time_ratio": "mask-based / estimator",
+        "methods_dataset": args.dataset,
+        "methods_input_shapes": {m: list(s) for m, s in DATASET_SHAPES[args.dataset].items()},
         "cpu_count": os.cpu_count(),
         "load_average_before": load_average(),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -637,12 +852,28 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, 
         console.print(estimator_table(estimator_rows, label))
         console.print(f"Memory ({label}) = {MEMORY_METHODS[device.type]}.")
 
+    method_rows: list[MethodRow] = []
+    if not args.skip_methods:
+        method_rows, notes = measure_methods(
+            methods, args.batch_size, device, dataset=args.dataset, mmvae_k=args.mmvae_k,
+            warmup=warmup, repeats=repeats,
+        )
+        meta["methods_notes"] = notes
+        console.print(methods_table(method_rows, args.batch_size, args.dataset))
+        for note in notes:
+            console.print(f"[yellow]note[/yellow]: {note}")
+        broken = [r.label for r in method_rows if not math.isfinite(r.loss)]
+        if broken:
+            console.print(f"[red]warning[/red]: non-finite loss at the first step: "
+                          f"{', '.join(broken)}")
+
     meta["load_average_after"] = load_average()
     console.print(FOOTER, style="dim")
     results: dict[str, Any] = {
         "meta": meta,
         "objectives": [asdict(r) for r in objective_rows],
         "estimator": [asdict(r) for r in estimator_rows],
+        "methods": [asdict(r) for r in method_rows],
         "notes": FOOTER,
     }
     if args.json is not None:

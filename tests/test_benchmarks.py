@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py runs end to end and its estimator and mask-based losses agree.
+"""benchmarks/throughput.py runs end to end (all three parts) and its estimator and mask-based
+losses agree.
 
 Only structure and agreement are checked, never timings (they depend on the machine's load).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -38,16 +40,18 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     returned = throughput.main([
         "--quick", "--objectives", "CR,CR-XX-CC-RR", "--batch-size", "4", "--device", "cpu",
         "--threads", "1", "--repeats", "2", "--warmup", "1", "--est-batch-sizes", "4,8",
-        "--est-locations", "16", "--json", str(out),
+        "--est-locations", "16", "--methods", "ae,mmvae", "--mmvae-k", "2", "--json", str(out),
     ])
     assert torch.get_num_threads() == threads  # --threads is restored for the other tests
     results = json.loads(out.read_text())
     assert results == json.loads(json.dumps(returned))
-    assert set(results) == {"meta", "objectives", "estimator", "notes"}
+    assert set(results) == {"meta", "objectives", "estimator", "methods", "notes"}
     assert {"torch", "device", "threads", "batch_size", "repeats", "warmup",
             "memory_method"} <= set(results["meta"])
     assert results["meta"]["device"] == "cpu" and results["meta"]["batch_size"] == 4
     assert results["meta"]["threads"] == 1
+    assert results["meta"]["methods_dataset"] == "two_view_mnist"
+    assert results["meta"]["methods_notes"] == []  # no CCA method, no suppressed warning
 
     objectives = results["objectives"]
     assert [row["objective"] for row in objectives] == ["CR", "CR-XX-CC-RR"]
@@ -69,3 +73,18 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         assert row["penalty_abs_diff"] < 1e-4
         assert row["grad_abs_diff"] < 1e-4
         assert row["estimator_bytes"] > 0 and row["masks_bytes"] > 0
+
+    methods = results["methods"]
+    assert [row["label"] for row in methods] == ["ae", "mmvae K=2"]
+    assert [(row["method"], row["variant"]) for row in methods] == [("ae", ""), ("mmvae", "K=2")]
+    for row in methods:
+        assert row["decoders"] is True and row["batch_size"] == 4
+        assert isinstance(row["parameters"], int) and row["parameters"] > 0
+        for key in ("loss", "pairs_per_s", "step_ms", "step_iqr_percent", "slowdown"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["label"], key)
+        assert row["pairs_per_s"] > 0 and row["step_ms"] > 0
+    # No decoder-free row was asked for: the reference is the faster of the two, at ratio 1.
+    reference = methods[0]["reference"]
+    assert reference in {"ae", "mmvae K=2"}
+    assert all(row["reference"] == reference for row in methods)
+    assert min(row["slowdown"] for row in methods) == 1.0
