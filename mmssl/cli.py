@@ -5,17 +5,21 @@
     mmssl evaluate RUN_DIR
     mmssl sweep    --objectives CR,XX,RR,CR-XX-CC-RR [--methods ae,dccae] ... --out DIR
     mmssl generate RUN_DIR
+    mmssl simulate --out DIR --subjects N --seed S
+    mmssl saliency RUN_DIR / mmssl links RUN_DIR
     mmssl list
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from jsonargparse import ArgumentParser
 from rich.console import Console
@@ -36,6 +40,9 @@ SHORTCUTS: dict[str, str] = {
     "seed": "seed",
     "fold": "data.fold",
     "accelerator": "trainer.accelerator",
+    "dataset": "data.dataset",
+    "manifest": "data.manifest",
+    "on_bad_row": "data.on_bad_row",
 }
 
 
@@ -49,6 +56,13 @@ def _config_flags(parser: ArgumentParser, *, objective: bool = True) -> None:
                             help="taxonomy objective, e.g. CR-XX (see `mmssl list`)")
     parser.add_argument("--data-dir", type=str | None, default=None,
                         help="directory with MNIST-layout IDX files (default: embedded subset)")
+    parser.add_argument("--dataset", type=str | None, default=None,
+                        help=f"dataset: {', '.join(cfg.DATASETS)}")
+    parser.add_argument("--manifest", type=str | None, default=None,
+                        help="neuro: manifest CSV (subject, session, label, one column per "
+                        "modality, covariates)")
+    parser.add_argument("--on-bad-row", type=str | None, default=None,
+                        help="neuro: error (default, list every problem) or skip (report them)")
     parser.add_argument("--modalities", type=str | None, default=None,
                         help="comma-separated modalities, e.g. rotated,noisy")
     parser.add_argument("--epochs", type=int | None, default=None)
@@ -183,6 +197,63 @@ def cmd_generate(args: Any) -> int:
     return 0
 
 
+def cmd_simulate(args: Any) -> int:
+    from mmssl.data.simulate import SimulationSettings, simulate_cohort
+
+    settings = SimulationSettings(
+        subjects=args.subjects, seed=args.seed, sessions=args.sessions,
+        patient_fraction=args.patient_fraction, unlabelled_fraction=args.unlabelled_fraction,
+        voxel_size=args.voxel_size,
+    )
+    manifest = simulate_cohort(Path(args.out), settings)
+    console.print(f"simulated cohort: {manifest}", soft_wrap=True)
+    console.print(f"train on it: mmssl run --preset neuro-quick --manifest {manifest}",
+                  soft_wrap=True)
+    return 0
+
+
+def cmd_saliency(args: Any) -> int:
+    from mmssl.evaluation.brain import run_saliency
+
+    dims = [int(d) for d in (args.latent_dims or "").split(",") if d.strip()]
+    report = run_saliency(Path(args.run_dir), split=args.split, samples=args.samples,
+                          noise=args.noise, latent_dims=dims, device=args.device)
+    table = Table(title=f"Saliency — {args.run_dir} ({report['subjects']} {args.split} subjects)")
+    table.add_column("modality")
+    table.add_column("maps", justify="right")
+    table.add_column("localisation ROC AUC (simulated truth)")
+    for modality, entry in report["modalities"].items():
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in entry["localisation_auc"].items()) or "–"
+        table.add_row(modality, str(len(entry["maps"])), aucs)
+    console.print(table)
+    console.print(f"maps and figures: {Path(args.run_dir) / 'saliency'}", soft_wrap=True)
+    return 0
+
+
+def cmd_links(args: Any) -> int:
+    from mmssl.evaluation.brain import run_links
+
+    modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    report = run_links(Path(args.run_dir), components=args.components,
+                       permutations=args.permutations, modalities=modalities,
+                       samples=args.samples, pca=args.pca or None, device=args.device)
+    table = Table(title=f"Multimodal links — {args.run_dir}: CCA fitted on train, scored on test")
+    for column in ("component", "train r", "test r", "null 95%", "p"):
+        table.add_column(column, justify="right")
+    null = np.asarray(report["null_correlations"], dtype=float)
+    for k, (train_r, test_r, p) in enumerate(zip(report["train_correlations"],
+                                                 report["test_correlations"],
+                                                 report["p_values"], strict=True)):
+        q95 = float(np.nanquantile(null[:, k], 0.95)) if null.size else float("nan")
+        table.add_row(str(k + 1), f"{train_r:.3f}", f"{test_r:.3f}", f"{q95:.3f}", f"{p:.3f}")
+    console.print(table)
+    if "severity_correlation" in report:
+        console.print("correlation of the canonical variates with the simulated severity: "
+                      + json.dumps(report["severity_correlation"]), soft_wrap=True)
+    console.print(f"report: {Path(args.run_dir) / 'links.json'}", soft_wrap=True)
+    return 0
+
+
 def cmd_list(args: Any) -> int:
     from mmssl.methods import METHODS
     from mmssl.objectives.taxonomy import all_objectives
@@ -232,6 +303,38 @@ def build_parser() -> ArgumentParser:
     generate.add_argument("--split", type=str, default="test", help="train, val or test")
     generate.add_argument("--device", type=str | None, default=None)
     sub.add_subcommand("generate", generate, help="PNG grid of reconstructions/generations")
+    simulate = ArgumentParser(description="write a synthetic T1 + fALFF cohort with ground truth",
+                              exit_on_error=False)
+    simulate.add_argument("--out", type=str, required=True, help="cohort directory")
+    simulate.add_argument("--subjects", type=int, default=100)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--sessions", type=int, default=1, help="sessions per subject")
+    simulate.add_argument("--patient-fraction", type=float, default=0.5)
+    simulate.add_argument("--unlabelled-fraction", type=float, default=0.0)
+    simulate.add_argument("--voxel-size", type=float, default=3.0, help="mm (MNI grid)")
+    sub.add_subcommand("simulate", simulate, help="synthetic multimodal brain cohort")
+    saliency = ArgumentParser(description="SmoothGrad maps of the probe in brain space",
+                              exit_on_error=False)
+    saliency.add_argument("run_dir", type=str)
+    saliency.add_argument("--split", type=str, default="test")
+    saliency.add_argument("--samples", type=int, default=16, help="SmoothGrad noise samples")
+    saliency.add_argument("--noise", type=float, default=0.1, help="noise σ / input range")
+    saliency.add_argument("--latent-dims", type=str | None, default=None,
+                          help="also map these latent units, e.g. 0,5")
+    saliency.add_argument("--device", type=str | None, default=None)
+    sub.add_subcommand("saliency", saliency, help="brain maps of what drives the probe")
+    links = ArgumentParser(description="CCA links between modalities, mapped to the brain",
+                           exit_on_error=False)
+    links.add_argument("run_dir", type=str)
+    links.add_argument("--components", type=int, default=3)
+    links.add_argument("--permutations", type=int, default=200)
+    links.add_argument("--modalities", type=str | None, default=None, help="two, e.g. t1,falff")
+    links.add_argument("--samples", type=int, default=16)
+    links.add_argument("--pca", type=int, default=10,
+                       help="reduce each representation to this many PCA components first "
+                       "(fitted on train; 0 = off)")
+    links.add_argument("--device", type=str | None, default=None)
+    sub.add_subcommand("links", links, help="multimodal links through a shared subspace")
     sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
                        help="objectives, methods, datasets and presets")
     return parser
@@ -278,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sweep(sub_args)
         if command == "generate":
             return cmd_generate(sub_args)
+        if command == "simulate":
+            return cmd_simulate(sub_args)
+        if command == "saliency":
+            return cmd_saliency(sub_args)
+        if command == "links":
+            return cmd_links(sub_args)
         if command == "list":
             return cmd_list(sub_args)
     except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:

@@ -25,7 +25,7 @@ from jsonargparse import ArgumentParser
 from mmssl.objectives.infonce import CRITICS
 from mmssl.objectives.taxonomy import Objective, ObjectiveError, resolve_weights
 
-DATASETS: tuple[str, ...] = ("two_view_mnist", "mnist_svhn")
+DATASETS: tuple[str, ...] = ("two_view_mnist", "mnist_svhn", "neuro")
 
 
 class ConfigError(ValueError):
@@ -33,10 +33,29 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class PreprocessingConfig:
+    """Neuroimaging: target grid (MNI, isotropic), brain mask and intensity normalisation."""
+
+    voxel_size: float = 3.0
+    shape: list[int] = field(default_factory=lambda: [64, 64, 64])
+    #: ``mni152`` (nilearn's bundled brain mask), ``none``, or a path to a NIfTI mask.
+    mask: str = "mni152"
+    normalization: Literal["zscore", "minmax", "none"] = "zscore"
+
+
+@dataclass
+class AugmentationConfig:
+    """Neuroimaging training augmentation shared by the modalities (fusion-spec §4.4)."""
+
+    pad: int = 8
+    flip: bool = False
+
+
+@dataclass
 class DataConfig:
     """Which data, which modalities, which fold, how it is batched."""
 
-    dataset: Literal["two_view_mnist", "mnist_svhn"] = "two_view_mnist"
+    dataset: Literal["two_view_mnist", "mnist_svhn", "neuro"] = "two_view_mnist"
     data_dir: str | None = None
     modalities: list[str] | None = None  # None: the dataset's own (rotated,noisy / mnist,svhn)
     num_folds: int = 5
@@ -52,6 +71,14 @@ class DataConfig:
     #: MNIST-SVHN: pairing rounds served for validation and probes (1: each kept image once;
     #: the reference evaluated all 30 rounds, 30 copies of the same images).
     eval_pairings: int | None = 1
+    #: Neuroimaging: the manifest CSV (see ``mmssl.data.neuro``) and how to treat bad rows.
+    manifest: str | None = None
+    on_bad_row: Literal["error", "skip"] = "error"
+    cache_dir: str | None = None
+    val_fraction: float = 0.2
+    label_mapping: dict[str, int] | None = None
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
 @dataclass
@@ -151,6 +178,8 @@ class ProbeConfig:
 
     Cs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
     max_iter: int = 2000
+    #: ``balanced`` reweights classes inversely to their frequency (unequal cohorts).
+    class_weight: Literal["balanced"] | None = None
 
 
 @dataclass
@@ -191,6 +220,7 @@ class RunConfig:
 DATASET_MODALITIES: dict[str, tuple[str, ...]] = {
     "two_view_mnist": ("rotated", "noisy"),
     "mnist_svhn": ("mnist", "svhn"),
+    "neuro": (),  # the manifest's path columns, named by the user
 }
 #: Methods that relate two or more modalities (the others train each modality on its own).
 MULTIMODAL_METHODS: frozenset[str] = frozenset({"dccae", "rr_ae", "mmvae"})
@@ -258,9 +288,22 @@ def validate(config: RunConfig, source: str = "configuration") -> None:
     config.objective.name = objective.name
     data = config.data
     available = DATASET_MODALITIES[data.dataset]
+    if data.dataset == "neuro":
+        if not data.manifest:
+            fail("data.manifest", "the neuro dataset needs a manifest CSV (--manifest FILE); "
+                 "`mmssl simulate --out DIR` writes a synthetic one")
+        if not data.modalities:
+            fail("data.modalities", "name the manifest's path columns to use, e.g. "
+                 "--modalities t1,falff")
+        if len(data.preprocessing.shape) != 3 or data.preprocessing.voxel_size <= 0:
+            fail("data.preprocessing", "shape needs 3 sizes and voxel_size must be positive")
+        if data.augmentation.pad < 0:
+            fail("data.augmentation.pad", f"must be ≥ 0; got {data.augmentation.pad}")
+        if not 0 < data.val_fraction < 1:
+            fail("data.val_fraction", f"must be in (0, 1); got {data.val_fraction}")
     if data.modalities is None:
         data.modalities = list(available)
-    unknown = [m for m in data.modalities if m not in available]
+    unknown = [m for m in data.modalities if m not in available] if available else []
     if unknown:
         fail("data.modalities", f"{unknown} not provided by {data.dataset}; valid: "
              f"{', '.join(available)}")

@@ -102,8 +102,10 @@ def _detach_log_file(handler: logging.Handler) -> None:
     handler.close()
 
 
-def make_datamodule(config: RunConfig) -> L.LightningDataModule:
-    """The data module for ``config.data.dataset``."""
+def make_datamodule(
+    config: RunConfig, report_path: Path | None = None
+) -> L.LightningDataModule:
+    """The data module for ``config.data.dataset`` (``report_path``: skipped neuro rows)."""
     data = config.data
     common: dict[str, Any] = {
         "modalities": tuple(config.modalities),
@@ -128,6 +130,23 @@ def make_datamodule(config: RunConfig) -> L.LightningDataModule:
             data_dir=Path(data.data_dir) if data.data_dir else None,  # type: ignore[arg-type]
             max_per_class=data.max_per_class, pairings=data.pairings,
             eval_pairings=data.eval_pairings, **common,
+        )
+    if data.dataset == "neuro":
+        from mmssl.data.neuro import Preprocessing
+        from mmssl.data.neuro_module import NeuroDataModule
+
+        assert data.manifest is not None
+        prep = data.preprocessing
+        return NeuroDataModule(
+            Path(data.manifest),
+            preprocessing=Preprocessing(
+                voxel_size=prep.voxel_size, shape=tuple(prep.shape),  # type: ignore[arg-type]
+                mask=prep.mask, normalization=prep.normalization,
+            ),
+            cache_dir=Path(data.cache_dir) if data.cache_dir else None,
+            on_bad_row=data.on_bad_row, report_path=report_path,
+            label_mapping=data.label_mapping, val_fraction=data.val_fraction,
+            pad=data.augmentation.pad, flip=data.augmentation.flip, **common,
         )
     raise cfg.ConfigError(f"data.dataset: unknown dataset {data.dataset!r}; valid: "
                           + ", ".join(cfg.DATASETS))
@@ -237,7 +256,10 @@ def pretrain(
             log.info("pretraining of %s already finished; skipping", run.root)
             return _chosen_checkpoint(config, run)
         L.seed_everything(config.seed, workers=True, verbose=False)
-        datamodule = make_datamodule(config)
+        datamodule = make_datamodule(config, report_path=run.root / "skipped_rows.csv")
+        if hasattr(datamodule, "splits_table"):
+            datamodule.setup("fit")
+            write_atomic(run.root / "splits.csv", datamodule.splits_table().to_csv(index=False))
         model = make_method(config, datamodule)
         trainer = _trainer(config, run, extra_callbacks)
         ckpt_path = run.last_checkpoint if resume and run.last_checkpoint.exists() else None
@@ -352,7 +374,8 @@ def evaluate(out: Path, *, device: str | None = None) -> dict[str, Any]:
             suffix = f"_{variant}" if variant else ""
             _save_features(run.root / f"features{suffix}.npz", features, labels)
             result = linear_evaluation(features, labels, Cs=config.probe.Cs, seed=config.seed,
-                                       max_iter=config.probe.max_iter)
+                                       max_iter=config.probe.max_iter,
+                                       class_weight=config.probe.class_weight)
             probe_info[variant or "default"] = {"chosen_C": result["chosen_C"],
                                                 "val_curve": result["val_curve"]}
             if variant:

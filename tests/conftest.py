@@ -105,3 +105,101 @@ def tiny_mnist_svhn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_svhn_mat(root / "train_32x32.mat", *tiny_svhn(TINY_SVHN_TRAIN_COUNTS, rng))
     write_svhn_mat(root / "test_32x32.mat", *tiny_svhn(TINY_SVHN_TEST_COUNTS, rng))
     return root
+
+
+# ------------------------------------------------------------------------- neuroimaging
+
+#: Shape and voxel size (mm) of the tiny neuroimaging volumes.
+NEURO_SHAPE = (20, 24, 20)
+NEURO_VOXEL_MM = 8.0
+#: World position (mm) of voxel (0, 0, 0): the 160 x 192 x 160 mm box covers the MNI152 brain.
+NEURO_ORIGIN = (-73.0, -107.0, -70.0)
+#: The rows of the tiny cohort: (subject, session, label, age, sex); the manifest's data lines
+#: are 2..11 in this order. ``sub-05`` is unlabelled, ``sub-08``'s T1 is an uncompressed .nii.
+NEURO_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("sub-01", "ses-1", "AD", "71.5", "F"),
+    ("sub-01", "ses-2", "AD", "73.0", "F"),
+    ("sub-02", "ses-1", "CN", "68", "M"),
+    ("sub-02", "ses-2", "CN", "69", "M"),
+    ("sub-03", "ses-1", "CN", "70", "F"),
+    ("sub-04", "ses-1", "AD", "80", "M"),
+    ("sub-05", "ses-1", "", "", "F"),
+    ("sub-06", "ses-1", "CN", "66", "M"),
+    ("sub-07", "ses-1", "AD", "77", "F"),
+    ("sub-08", "ses-1", "CN", "62", "M"),
+)
+
+
+def neuro_affine(shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 voxel: float = NEURO_VOXEL_MM) -> np.ndarray:
+    """RAS affine with isotropic ``voxel`` mm voxels, voxel (0,0,0) at ``NEURO_ORIGIN + shift``."""
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = np.asarray(NEURO_ORIGIN) + np.asarray(shift)
+    return affine
+
+
+def neuro_volume(kind: str, seed: int, affine: np.ndarray | None = None,
+                 shape: tuple[int, ...] = NEURO_SHAPE) -> np.ndarray:
+    """A float32 brain-like volume defined in world coordinates (so it moves with the affine).
+
+    An ellipsoid around (0, -17, 5) mm with a smooth pattern (different for ``t1`` and
+    ``falff``) plus seeded noise, over a dim, noisy background.
+    """
+    affine = neuro_affine() if affine is None else affine
+    rng = np.random.default_rng(seed)
+    ijk = np.indices(shape[:3], dtype=np.float64).reshape(3, -1)
+    x, y, z = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    inside = ((x / 70.0) ** 2 + ((y + 17.0) / 88.0) ** 2 + ((z - 5.0) / 76.0) ** 2) <= 1.0
+    if kind == "t1":
+        pattern = 80.0 + 20.0 * np.cos(x / 15.0) * np.cos(z / 20.0)
+        background = 5.0
+    else:
+        pattern = 0.5 + 0.2 * np.sin(y / 20.0) + 0.1 * np.cos(x / 10.0)
+        background = 0.05
+    data = np.where(inside, pattern, background)
+    data = data * (1.0 + 0.05 * rng.standard_normal(data.shape))
+    return data.reshape(shape[:3]).astype(np.float32)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Save ``data`` with ``affine`` as NIfTI-1 (gzipped when the name ends in .gz)."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_neuro_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny paired T1 + fALFF cohort; returns its ``manifest.csv``.
+
+    Ten rows (:data:`NEURO_ROWS`: eight subjects, two of them with two sessions; labels AD/CN
+    and one empty), each with ``<subject>/<session>/t1.nii.gz`` and ``falff.nii.gz`` (``sub-08``:
+    ``t1.nii``), 20 x 24 x 20 voxels of 8 mm on :func:`neuro_affine`, every file with its own
+    noise. The manifest (``subject,session,label,t1,falff,age,sex``) uses relative paths.
+    Tests that modify files must copy the folder first (``shutil.copytree``).
+    """
+    pytest.importorskip("nibabel")
+    root = tmp_path_factory.mktemp("tiny_neuro")
+    lines = ["subject,session,label,t1,falff,age,sex"]
+    for n, (subject, session, label, age, sex) in enumerate(NEURO_ROWS):
+        folder = f"{subject}/{session}"
+        t1_name = "t1.nii" if subject == "sub-08" else "t1.nii.gz"
+        write_nifti(root / folder / t1_name, neuro_volume("t1", 1000 + n), neuro_affine())
+        write_nifti(root / folder / "falff.nii.gz", neuro_volume("falff", 2000 + n),
+                    neuro_affine())
+        lines.append(f"{subject},{session},{label},{folder}/{t1_name},{folder}/falff.nii.gz,"
+                     f"{age},{sex}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def simulated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small cohort from ``mmssl simulate`` (48 subjects, 6 mm grid): its manifest path."""
+    from mmssl.data.simulate import SimulationSettings, simulate_cohort
+
+    out = tmp_path_factory.mktemp("simulated")
+    settings = SimulationSettings(subjects=48, seed=7, voxel_size=6.0, sessions=1)
+    return simulate_cohort(out, settings, progress=False)

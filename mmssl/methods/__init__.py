@@ -8,6 +8,6 @@ from mmssl.methods.supervised import SupervisedMethod
 from mmssl.methods.taxonomy import TaxonomyMethod
 
 __all__ = [
-    "METHODS", "AEMethod", "CRCCAMethod", "DCCAEMethod", "MMVAEMethod", "MultimodalMethod", "RRAEMethod",
-    "SupervisedMethod", "TaxonomyMethod", "method_class", "register_method",
+    "METHODS", "AEMethod", "CRCCAMethod", "DCCAEMethod", "MMVAEMethod", "MultimodalMethod",
+    "RRAEMethod", "SupervisedMethod", "TaxonomyMethod", "method_class", "register_method",
 ]

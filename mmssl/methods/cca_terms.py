@@ -11,7 +11,9 @@ from torch import Tensor
 from mmssl.objectives.cca import dcca_loss
 
 
-def dcca_terms(representations: Mapping[str, Tensor], settings: Mapping[str, Any]) -> dict[str, Tensor]:
+def dcca_terms(
+    representations: Mapping[str, Tensor], settings: Mapping[str, Any]
+) -> dict[str, Tensor]:
     r"""``CCA/a:b`` → :math:`-\sum_k \rho_k` (or the Frobenius variant) for each pair a < b.
 
     Each unordered pair is counted once (the reference counted both orders, doubling it).

@@ -4,4 +4,7 @@ from mmssl.nn.decoders import DCGANDecoder
 from mmssl.nn.encoders import DCGANEncoder, EncoderOutput, default_local_tap
 from mmssl.nn.heads import GlobalHead, LocalHead
 
-__all__ = ["DCGANDecoder", "DCGANEncoder", "EncoderOutput", "GlobalHead", "LocalHead", "default_local_tap"]
+__all__ = [
+    "DCGANDecoder", "DCGANEncoder", "EncoderOutput", "GlobalHead", "LocalHead",
+    "default_local_tap",
+]

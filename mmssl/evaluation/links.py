@@ -1,0 +1,371 @@
+"""Multimodal links through a shared subspace: held-out canonical correlation analysis.
+
+Given two modalities' representations of the same subjects, :math:`X \\in \\mathbb R^{n\\times p}`
+(e.g. T1 embeddings) and :math:`Y \\in \\mathbb R^{n\\times q}` (fALFF embeddings), CCA finds
+weight pairs :math:`(a_j, b_j)` whose variates :math:`X a_j` and :math:`Y b_j` are maximally
+correlated and uncorrelated with the earlier pairs. A link is only credible if it generalises,
+so :func:`cca_links` **fits on the training subjects and scores on held-out ones**, and compares
+the held-out correlations with a permutation null.
+
+Closed form (features standardised with the training mean and standard deviation): with
+ridge-regularised correlation matrices
+
+.. math::
+
+    C_{xx} = \\tfrac{1}{n-1} X^\\top X + \\lambda I,\\quad
+    C_{yy} = \\tfrac{1}{n-1} Y^\\top Y + \\lambda I,\\quad
+    C_{xy} = \\tfrac{1}{n-1} X^\\top Y,
+
+the singular value decomposition
+:math:`C_{xx}^{-1/2} C_{xy} C_{yy}^{-1/2} = U \\operatorname{diag}(\\rho) V^\\top` gives the
+weights :math:`A = C_{xx}^{-1/2} U_{:,1:k}` and :math:`B = C_{yy}^{-1/2} V_{:,1:k}` of the
+first :math:`k` components (:math:`\\rho` are the regularised canonical correlations). This is
+exact and deterministic, unlike scikit-learn's iterative NIPALS ``CCA``. Signs are fixed so that
+each x-weight vector's largest-magnitude entry is positive and each training correlation is
+non-negative.
+
+Permutation baseline: the pairing of training rows is destroyed by shuffling the rows of
+:math:`Y_\\text{train}`, the CCA is refitted and scored on the *unshuffled* test pairs; over
+:math:`P` permutations this gives a null distribution per component and the p-value
+
+.. math::  p_j = \\frac{1 + \\#\\{\\pi : r^{\\pi}_j \\ge r_j\\}}{1 + P}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["LinkResult", "Standardizer", "canonical_variate", "cca_links"]
+
+FloatArray = NDArray[np.float64]
+
+#: Relative floor on eigenvalues when inverting a (possibly singular) correlation matrix.
+_EIGEN_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Feature-wise standardisation :math:`(x - \\mu)/\\sigma` fitted on training data.
+
+    ``scale`` is the population standard deviation (``ddof=0``, as scikit-learn's
+    ``StandardScaler``), with constant features given scale 1.
+    """
+
+    mean: FloatArray
+    scale: FloatArray
+
+    @classmethod
+    def fit(cls, x: FloatArray) -> Standardizer:
+        """Mean and standard deviation of the columns of ``x``."""
+        scale = x.std(axis=0)
+        return cls(mean=x.mean(axis=0), scale=np.where(scale > 0, scale, 1.0))
+
+    def transform(self, x: FloatArray) -> FloatArray:
+        """Standardised copy of ``x``."""
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+
+@dataclass
+class LinkResult:
+    """The outcome of :func:`cca_links`; ``x`` refers to ``modalities[0]``, ``y`` to ``[1]``.
+
+    Attributes:
+        modalities: the two modality names, in the order of the training mapping.
+        train_correlations: (k,) correlations of the canonical variates on the training data.
+        test_correlations: (k,) correlations of the canonical variates on held-out data.
+        null_correlations: (n_permutations, k) held-out correlations after shuffling the
+            training pairing.
+        p_values: (k,) permutation p-values of ``test_correlations`` (NaN where undefined).
+        x_weights: (p, k) canonical weights on ``modalities[0]``'s standardised features.
+        y_weights: (q, k) canonical weights on ``modalities[1]``'s standardised features.
+        scalers: the two modalities' training standardisers, in ``modalities`` order.
+        regularization: the ridge :math:`\\lambda` added to the correlation matrices.
+        n_train: training subjects.
+        n_test: held-out subjects.
+        seed: seed of the permutations.
+    """
+
+    modalities: tuple[str, str]
+    train_correlations: FloatArray
+    test_correlations: FloatArray
+    null_correlations: FloatArray
+    p_values: FloatArray
+    x_weights: FloatArray
+    y_weights: FloatArray
+    scalers: tuple[Standardizer, Standardizer] = field(repr=False)
+    regularization: float = 0.0
+    n_train: int = 0
+    n_test: int = 0
+    seed: int = 0
+
+    @property
+    def n_components(self) -> int:
+        """Number of canonical components k."""
+        return int(self.x_weights.shape[1])
+
+    def _index(self, modality: str) -> int:
+        if modality not in self.modalities:
+            raise KeyError(f"unknown modality {modality!r}; have {list(self.modalities)}")
+        return self.modalities.index(modality)
+
+    def weights(self, modality: str) -> FloatArray:
+        """(D, k) canonical weights of ``modality`` (on its standardised features)."""
+        return self.x_weights if self._index(modality) == 0 else self.y_weights
+
+    def scaler(self, modality: str) -> Standardizer:
+        """The training standardiser of ``modality``."""
+        return self.scalers[self._index(modality)]
+
+    def transform(self, modality: str, features: np.ndarray) -> FloatArray:
+        """(N, k) canonical variates of ``modality``'s (N, D) features."""
+        x = np.asarray(features, dtype=np.float64)
+        weights = self.weights(modality)
+        if x.ndim != 2 or x.shape[1] != weights.shape[0]:
+            raise ValueError(
+                f"{modality!r} features must be (N, {weights.shape[0]}), got shape {x.shape}"
+            )
+        return self.scaler(modality).transform(x) @ weights
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (plain floats and lists; NaN becomes ``None``)."""
+        return {
+            "modalities": list(self.modalities),
+            "n_components": self.n_components,
+            "n_permutations": int(self.null_correlations.shape[0]),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "regularization": float(self.regularization),
+            "seed": self.seed,
+            "train_correlations": _jsonable(self.train_correlations),
+            "test_correlations": _jsonable(self.test_correlations),
+            "p_values": _jsonable(self.p_values),
+            "null_correlations": _jsonable(self.null_correlations),
+            "weights": {m: _jsonable(self.weights(m)) for m in self.modalities},
+            "scalers": {
+                m: {"mean": _jsonable(s.mean), "scale": _jsonable(s.scale)}
+                for m, s in zip(self.modalities, self.scalers, strict=True)
+            },
+        }
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    """Nested lists of Python floats, with non-finite values as ``None``."""
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim == 0:
+        return float(a) if np.isfinite(a) else None
+    return (
+        [_jsonable(row) for row in a]
+        if a.ndim > 1
+        else [float(v) if np.isfinite(v) else None for v in a]
+    )
+
+
+def canonical_variate(
+    result: LinkResult, modality: str, component: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``(mean, scale, weight)`` of one modality's canonical variate.
+
+    The variate is :math:`v = ((z - \\mu)/\\sigma)^\\top w`; feed the triple to
+    :class:`mmssl.evaluation.saliency.LinearReadout` to map what drives it in the input volume.
+
+    Raises:
+        KeyError: an unknown modality.
+        IndexError: a component outside ``0 … k−1``.
+    """
+    weights = result.weights(modality)
+    k = weights.shape[1]
+    if not 0 <= component < k:
+        raise IndexError(f"component {component} out of range; the result has {k} components")
+    scaler = result.scaler(modality)
+    return scaler.mean.copy(), scaler.scale.copy(), weights[:, component].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Closed-form CCA
+# --------------------------------------------------------------------------------------------
+
+
+def _inverse_sqrt(c: FloatArray) -> FloatArray:
+    """:math:`C^{-1/2}` of a symmetric positive semi-definite matrix (eigenvalues floored)."""
+    values, vectors = np.linalg.eigh((c + c.T) / 2)
+    floor = max(float(values.max(initial=0.0)), 1.0) * _EIGEN_FLOOR
+    values = np.maximum(values, floor)
+    return (vectors / np.sqrt(values)) @ vectors.T
+
+
+def _correlations(u: FloatArray, v: FloatArray) -> FloatArray:
+    """Column-wise Pearson correlations of two (n, k) arrays (NaN for constant columns)."""
+    u = u - u.mean(axis=0)
+    v = v - v.mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (u * v).sum(axis=0) / np.sqrt((u * u).sum(axis=0) * (v * v).sum(axis=0))
+    return np.asarray(r, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Whitened:
+    """Standardised, whitened training data: :math:`X C_{xx}^{-1/2}`, :math:`Y C_{yy}^{-1/2}`."""
+
+    x: FloatArray
+    y: FloatArray
+    x_whitener: FloatArray
+    y_whitener: FloatArray
+
+
+def _whiten(xs: FloatArray, ys: FloatArray, regularization: float) -> _Whitened:
+    n = xs.shape[0]
+    cxx = xs.T @ xs / (n - 1) + regularization * np.eye(xs.shape[1])
+    cyy = ys.T @ ys / (n - 1) + regularization * np.eye(ys.shape[1])
+    wx, wy = _inverse_sqrt(cxx), _inverse_sqrt(cyy)
+    return _Whitened(x=xs @ wx, y=ys @ wy, x_whitener=wx, y_whitener=wy)
+
+
+def _canonical_weights(
+    w: _Whitened, xs: FloatArray, ys: FloatArray, k: int, rows: np.ndarray | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """(A, B) of the first k components; ``rows`` re-pairs Y's training rows (permutations).
+
+    Shuffling Y's rows changes neither its standardisation nor :math:`C_{yy}`, so only the
+    cross term is recomputed.
+    """
+    y_white = w.y if rows is None else w.y[rows]
+    y_std = ys if rows is None else ys[rows]
+    t = w.x.T @ y_white / (xs.shape[0] - 1)
+    u, _, vt = np.linalg.svd(t, full_matrices=False)
+    a = w.x_whitener @ u[:, :k]
+    b = w.y_whitener @ vt[:k].T
+    # Deterministic signs: the largest-|.| x weight positive, then training correlations ≥ 0.
+    pivot = a[np.argmax(np.abs(a), axis=0), np.arange(k)]
+    flip = np.where(pivot < 0, -1.0, 1.0)
+    a, b = a * flip, b * flip
+    r = _correlations(xs @ a, y_std @ b)
+    b = b * np.where(r < 0, -1.0, 1.0)
+    return a, b
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_split(
+    name: str, data: Mapping[str, np.ndarray], modalities: tuple[str, str] | None
+) -> tuple[tuple[str, str], FloatArray, FloatArray]:
+    keys = tuple(data)
+    if len(keys) != 2:
+        raise ValueError(
+            f"{name}: CCA links need exactly two modalities, got {len(keys)} ({list(keys)})"
+        )
+    if modalities is not None and set(keys) != set(modalities):
+        raise ValueError(f"{name} has modalities {list(keys)}; train has {list(modalities)}")
+    order: tuple[str, str] = (keys[0], keys[1]) if modalities is None else modalities
+    arrays = []
+    for m in order:
+        a = np.asarray(data[m], dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise ValueError(f"{name}[{m!r}] must be a 2-D (N, D) array, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name}[{m!r}] contains NaN or infinite values")
+        arrays.append(a)
+    x, y = arrays
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}: {order[0]!r} has {x.shape[0]} rows but {order[1]!r} has {y.shape[0]}; "
+            "rows must be the same subjects"
+        )
+    return order, x, y
+
+
+def cca_links(
+    train: Mapping[str, np.ndarray],
+    test: Mapping[str, np.ndarray],
+    *,
+    n_components: int = 3,
+    n_permutations: int = 200,
+    seed: int = 0,
+    regularization: float = 1e-3,
+) -> LinkResult:
+    """Held-out CCA between two modalities' representations, with a permutation null.
+
+    Args:
+        train: exactly two modalities → (N_train, D_m) features, rows paired by subject. Only
+            these are used to fit the standardisers and the canonical weights.
+        test: the same modalities → (N_test, D_m) held-out features, used only for scoring.
+        n_components: canonical components k (≤ min(D_x, D_y) and ≤ N_train − 1).
+        n_permutations: shuffles of the training pairing for the null (0 gives p = 1).
+        seed: seed of the permutations.
+        regularization: ridge :math:`\\lambda \\ge 0` on the (unit-diagonal) correlation
+            matrices; small values stabilise the whitening when D is large relative to N.
+
+    Returns:
+        A :class:`LinkResult`.
+
+    Raises:
+        ValueError: not exactly two modalities, different modalities in train and test,
+            non-finite or malformed arrays, unpaired rows, too many components, fewer than
+            ``max(3, k + 1)`` training or 3 test subjects, or invalid settings.
+    """
+    modalities, x_train, y_train = _check_split("train", train, None)
+    _, x_test, y_test = _check_split("test", test, modalities)
+    p, q = x_train.shape[1], y_train.shape[1]
+    for name, a, width in (("x", x_test, p), ("y", y_test, q)):
+        if a.shape[1] != width:
+            m = modalities[0 if name == "x" else 1]
+            raise ValueError(f"test[{m!r}] has {a.shape[1]} features but train has {width}")
+    if n_components < 1:
+        raise ValueError(f"n_components must be ≥ 1, got {n_components}")
+    if n_components > min(p, q):
+        raise ValueError(
+            f"n_components={n_components} exceeds the smaller representation size "
+            f"min({p}, {q}) = {min(p, q)}"
+        )
+    n_train, n_test = x_train.shape[0], x_test.shape[0]
+    if n_train < max(3, n_components + 1):
+        raise ValueError(
+            f"too few training subjects ({n_train}) for {n_components} components; need at "
+            f"least {max(3, n_components + 1)}"
+        )
+    if n_test < 3:
+        raise ValueError(f"too few test subjects ({n_test}); need at least 3")
+    if n_permutations < 0:
+        raise ValueError(f"n_permutations must be ≥ 0, got {n_permutations}")
+    if not (np.isfinite(regularization) and regularization >= 0):
+        raise ValueError(f"regularization must be finite and ≥ 0, got {regularization}")
+
+    scalers = (Standardizer.fit(x_train), Standardizer.fit(y_train))
+    xs, ys = scalers[0].transform(x_train), scalers[1].transform(y_train)
+    xt, yt = scalers[0].transform(x_test), scalers[1].transform(y_test)
+
+    whitened = _whiten(xs, ys, regularization)
+    a, b = _canonical_weights(whitened, xs, ys, n_components)
+    train_r = _correlations(xs @ a, ys @ b)
+    test_r = _correlations(xt @ a, yt @ b)
+
+    rng = np.random.default_rng(seed)
+    null = np.empty((n_permutations, n_components))
+    for i in range(n_permutations):
+        rows = rng.permutation(n_train)
+        a_perm, b_perm = _canonical_weights(whitened, xs, ys, n_components, rows)
+        null[i] = _correlations(xt @ a_perm, yt @ b_perm)
+    exceed = (null >= test_r).sum(axis=0)
+    p_values = np.where(np.isfinite(test_r), (1.0 + exceed) / (1.0 + n_permutations), np.nan)
+
+    return LinkResult(
+        modalities=modalities,
+        train_correlations=train_r,
+        test_correlations=test_r,
+        null_correlations=null,
+        p_values=p_values,
+        x_weights=a,
+        y_weights=b,
+        scalers=scalers,
+        regularization=float(regularization),
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
+    )

@@ -1,0 +1,633 @@
+"""Saliency maps of frozen encoders: what in a volume drives a probe or a latent unit.
+
+A saliency map explains a scalar function :math:`f(x)` of the input volume :math:`x` by its
+gradient :math:`\\nabla_x f`. Raw gradients of deep networks are noisy, so we use SmoothGrad
+(Smilkov et al., 2017, arXiv 1706.03825), the average gradient over Gaussian perturbations,
+
+.. math::
+
+    \\hat M(x) = \\frac{1}{n} \\sum_{i=1}^{n} \\big|\\nabla_x f(x + \\varepsilon_i)\\big|,
+    \\qquad \\varepsilon_i \\sim \\mathcal N\\!\\big(0, \\sigma^2 I\\big),
+    \\qquad \\sigma = \\text{noise} \\cdot (\\max x - \\min x),
+
+computed with Captum (``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``). The absolute value
+is taken per sample before averaging (Captum's ``abs=True``); ``absolute=False`` averages the
+signed gradients.
+
+The explained function :math:`f` is one of three differentiable heads on top of an encoder:
+
+* :class:`ProbeLogit`: the linear probe's decision function (logit of the positive class),
+  :math:`f(x) = w^\\top \\big((z(x) - \\mu) / \\sigma\\big) + b`;
+* :class:`LatentUnit`: one (or a few) coordinates :math:`z_d(x)` of the representation;
+* :class:`LinearReadout`: standardised linear read-outs :math:`((z(x) - \\mu)/\\sigma)^\\top W`,
+  e.g. canonical variates from :mod:`mmssl.evaluation.links`.
+
+The file helpers write maps as NIfTI volumes in the input's (MNI) space (:func:`save_nifti`),
+average them per diagnostic group (:func:`group_maps`), score them against a known effect
+(:func:`localisation_auc`) and render them with nilearn (:func:`plot_map`). Everything here is
+device-agnostic: tensors stay on the device they come on.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor, nn
+
+from mmssl.evaluation.probe import ProbeResult
+
+__all__ = [
+    "LatentUnit",
+    "LinearReadout",
+    "ProbeLogit",
+    "group_maps",
+    "localisation_auc",
+    "plot_map",
+    "save_nifti",
+    "smoothgrad",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Differentiable heads
+# --------------------------------------------------------------------------------------------
+
+
+def _latent(out: Any) -> Tensor:
+    """The (B, D) representation from an encoder output: the tensor itself or its ``.z``."""
+    z = out if isinstance(out, Tensor) else getattr(out, "z", None)
+    if not isinstance(z, Tensor):
+        raise TypeError(
+            f"encoder returned {type(out).__name__}; expected a tensor or an object with a "
+            "tensor attribute `.z`"
+        )
+    if z.dim() != 2:
+        raise ValueError(f"encoder returned a latent of shape {tuple(z.shape)}; expected (B, D)")
+    return z
+
+
+def _vector(name: str, value: ArrayLike, length: int | None = None) -> Tensor:
+    """A finite 1-D float tensor (of the given length, if any) built from an array."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if length is not None and array.shape[0] != length:
+        raise ValueError(f"{name} has {array.shape[0]} entries; expected {length}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return torch.as_tensor(array, dtype=torch.get_default_dtype())
+
+
+def _standardiser(
+    width: int, mean: ArrayLike | None, scale: ArrayLike | None
+) -> tuple[Tensor, Tensor]:
+    """Mean and scale tensors of length ``width`` (0 and 1 when absent); scales must be > 0."""
+    mu = _vector("mean", np.zeros(width) if mean is None else mean, width)
+    sigma = _vector("scale", np.ones(width) if scale is None else scale, width)
+    if bool(torch.any(sigma <= 0)):
+        raise ValueError("every scale must be positive")
+    return mu, sigma
+
+
+class _Head(nn.Module):
+    """An encoder followed by standardisation ``(z − μ)/σ`` of its latent."""
+
+    mean: Tensor
+    scale: Tensor
+
+    def __init__(self, encoder: nn.Module, mean: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def standardised(self, x: Tensor) -> Tensor:
+        """``(z(x) − μ) / σ`` in the latent's dtype, shape (B, D)."""
+        z = _latent(self.encoder(x))
+        if z.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"encoder latent has {z.shape[1]} dimensions; the head expects {self.mean.shape[0]}"
+            )
+        return (z - self.mean.to(z.dtype)) / self.scale.to(z.dtype)
+
+
+class ProbeLogit(_Head):
+    """The linear probe's decision function as a differentiable function of the input volume.
+
+    .. math::  f(x) = w^\\top \\frac{z(x) - \\mu}{\\sigma} + b
+
+    with the encoder's latent :math:`z(x)`, the probe's standardiser (:math:`\\mu`,
+    :math:`\\sigma`) and logistic regression (:math:`w`, :math:`b`). For a binary probe this is
+    the logit of ``classes_[1]`` (the positive class, AD), exactly what the pipeline's
+    ``decision_function`` returns on the encoder's features; the output has shape (B,). A
+    multinomial probe with K > 2 classes gives (B, K) class scores (pick one with ``target``).
+
+    Args:
+        encoder: maps (B, C, *spatial) to a (B, D) tensor or an object with such a ``.z``.
+        pipeline: a fitted ``Pipeline`` ending in a ``LogisticRegression``, optionally preceded
+            by a ``StandardScaler`` (e.g. ``fit_probe(...).model``), or the ``ProbeResult``
+            itself; or ``None`` with explicit ``coef`` and ``intercept``.
+        coef: (D,) or (K, D) weights :math:`w`, when no pipeline is given.
+        intercept: scalar or (K,) bias :math:`b`, when no pipeline is given.
+        mean: (D,) :math:`\\mu` (0 if omitted), when no pipeline is given.
+        scale: (D,) :math:`\\sigma` (1 if omitted), when no pipeline is given.
+
+    The encoder is not put in eval mode here; :func:`smoothgrad` does that (call ``.eval()``
+    yourself for plain forward passes).
+    """
+
+    coef: Tensor
+    intercept: Tensor
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        pipeline: Pipeline | ProbeResult | None = None,
+        *,
+        coef: ArrayLike | None = None,
+        intercept: ArrayLike | None = None,
+        mean: ArrayLike | None = None,
+        scale: ArrayLike | None = None,
+    ) -> None:
+        if pipeline is not None:
+            if any(v is not None for v in (coef, intercept, mean, scale)):
+                raise ValueError("pass either a pipeline or explicit coef/intercept/mean/scale")
+            if isinstance(pipeline, ProbeResult):
+                pipeline = pipeline.model
+            coef, intercept, mean, scale = self._from_pipeline(pipeline)
+        elif coef is None or intercept is None:
+            raise ValueError("without a pipeline, coef and intercept are required")
+        w = np.asarray(coef, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[None, :]
+        if w.ndim != 2 or w.shape[1] == 0:
+            raise ValueError(f"coef must be (D,) or (K, D), got shape {np.shape(coef)}")
+        b = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"intercept has shape {b.shape}; expected ({w.shape[0]},)")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise ValueError("coef and intercept must be finite")
+        super().__init__(encoder, *_standardiser(w.shape[1], mean, scale))
+        dtype = torch.get_default_dtype()
+        self.register_buffer("coef", torch.as_tensor(w, dtype=dtype))
+        self.register_buffer("intercept", torch.as_tensor(b, dtype=dtype))
+
+    @staticmethod
+    def _from_pipeline(
+        pipeline: Pipeline,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(coef, intercept, mean, scale) of a fitted [StandardScaler +] LogisticRegression."""
+        steps = [step for _, step in pipeline.steps if step not in (None, "passthrough")]
+        if not steps or not isinstance(steps[-1], LogisticRegression):
+            raise TypeError("the pipeline must end with a LogisticRegression")
+        if len(steps) > 2 or (len(steps) == 2 and not isinstance(steps[0], StandardScaler)):
+            raise TypeError(
+                "the pipeline may only hold a StandardScaler before the LogisticRegression; got "
+                + " → ".join(type(s).__name__ for s in steps)
+            )
+        logreg = steps[-1]
+        if not hasattr(logreg, "coef_"):
+            raise ValueError("the pipeline is not fitted")
+        mean = scale = None
+        if len(steps) == 2:
+            scaler = steps[0]
+            mean = None if scaler.mean_ is None else np.asarray(scaler.mean_)
+            scale = None if scaler.scale_ is None else np.asarray(scaler.scale_)
+        return np.asarray(logreg.coef_), np.asarray(logreg.intercept_), mean, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Decision function: (B,) for a binary probe, (B, K) for K > 2 classes."""
+        u = self.standardised(x)
+        logits = u @ self.coef.to(u.dtype).T + self.intercept.to(u.dtype)
+        return logits[:, 0] if logits.shape[1] == 1 else logits
+
+
+class LatentUnit(nn.Module):
+    """Selected coordinates of the encoder's latent: :math:`f(x) = z_d(x)`.
+
+    Args:
+        encoder: maps inputs to a (B, D) tensor or an object with such a ``.z``.
+        dims: an ``int`` gives (B,) (that unit); a sequence gives (B, len(dims)); ``None``
+            gives the whole (B, D) latent. With a multi-column output, :func:`smoothgrad`'s
+            ``target`` picks the column.
+    """
+
+    def __init__(self, encoder: nn.Module, dims: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dims: int | tuple[int, ...] | None = (
+            dims if dims is None or isinstance(dims, int) else tuple(int(d) for d in dims)
+        )
+        if isinstance(self.dims, tuple) and not self.dims:
+            raise ValueError("dims must not be empty")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """z[:, dims]: (B,), (B, k) or (B, D)."""
+        z = _latent(self.encoder(x))
+        if self.dims is None:
+            return z
+        wanted = (self.dims,) if isinstance(self.dims, int) else self.dims
+        bad = [d for d in wanted if not -z.shape[1] <= d < z.shape[1]]
+        if bad:
+            raise IndexError(f"latent dimension(s) {bad} out of range for a {z.shape[1]}-d latent")
+        return z[:, self.dims] if isinstance(self.dims, int) else z[:, list(self.dims)]
+
+
+class LinearReadout(_Head):
+    """Standardised linear read-outs of the latent: :math:`f(x) = ((z(x) − μ)/σ)^\\top W`.
+
+    Used for the saliency of a canonical variate (:func:`mmssl.evaluation.links.
+    canonical_variate` returns ``(mean, scale, weights)``).
+
+    Args:
+        encoder: maps inputs to a (B, D) tensor or an object with such a ``.z``.
+        mean: (D,) :math:`\\mu`.
+        scale: (D,) :math:`\\sigma` (positive).
+        weights: (D,) or (D, k) :math:`W`; a vector counts as k = 1.
+
+    The output always has shape (B, k); for k = 1, :func:`smoothgrad` needs no ``target``.
+    """
+
+    weights: Tensor
+
+    def __init__(
+        self, encoder: nn.Module, mean: ArrayLike, scale: ArrayLike, weights: ArrayLike
+    ) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[:, None]
+        if w.ndim != 2 or w.shape[1] == 0:
+            raise ValueError(f"weights must be (D,) or (D, k), got shape {np.shape(weights)}")
+        if not np.all(np.isfinite(w)):
+            raise ValueError("weights must be finite")
+        super().__init__(encoder, *_standardiser(w.shape[0], mean, scale))
+        self.register_buffer("weights", torch.as_tensor(w, dtype=torch.get_default_dtype()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, k) read-outs."""
+        u = self.standardised(x)
+        return u @ self.weights.to(u.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# SmoothGrad
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed the generator that draws noise on ``device``; restore the RNG state afterwards.
+
+    Only the generator that noise on ``device`` comes from is seeded (CPU, or that one CUDA
+    device), and the CPU plus that device's states are restored on exit.
+    """
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"):
+            torch.random.default_generator.manual_seed(seed)
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+            yield
+    elif device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
+    else:  # other accelerators: seed everything, restore what fork_rng can
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's ``training`` flag on exit."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, was_training in flags:
+            module.training = was_training
+
+
+def smoothgrad(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    target: int | None = None,
+    samples: int = 16,
+    noise: float = 0.1,
+    batch_size: int = 8,
+    absolute: bool = True,
+    seed: int = 0,
+    samples_batch_size: int | None = None,
+) -> Tensor:
+    """SmoothGrad attributions of ``model``'s output with respect to ``inputs``, via Captum.
+
+    For each volume :math:`x` the map is
+    :math:`\\frac1n \\sum_i g(\\nabla_x f(x + \\varepsilon_i))` with
+    :math:`\\varepsilon_i \\sim \\mathcal N(0, \\sigma_x^2 I)`,
+    :math:`\\sigma_x = \\text{noise}\\cdot(\\max x - \\min x)` (per volume), :math:`n` =
+    ``samples`` and :math:`g = |\\cdot|` if ``absolute`` else the identity. It is computed with
+    ``captum.attr.NoiseTunnel(Saliency(model))`` (``nt_type="smoothgrad"``). ``noise=0,
+    samples=1, absolute=False`` gives the plain gradient :math:`\\nabla_x f(x)`.
+
+    The model runs in eval mode (BatchNorm uses running statistics, dropout is off), so each
+    volume's map does not depend on the others in its chunk; every submodule's ``training``
+    flag is restored afterwards. Noise is drawn from the generator of the inputs' device seeded
+    with ``seed``; the global RNG state is restored afterwards, so the call is reproducible and
+    leaves no trace. No device is ever named: put ``model`` on the inputs' device beforehand.
+
+    Args:
+        model: maps (B, C, *spatial) to (B,) or (B, 1) (then ``target=None``) or (B, K)
+            (then ``target`` picks the column), e.g. :class:`ProbeLogit`, :class:`LatentUnit`,
+            :class:`LinearReadout`.
+        inputs: (B, C, *spatial) floating-point volumes, e.g. (B, 1, D, H, W).
+        target: output column to explain, or ``None`` for a one-column output.
+        samples: noisy copies per volume, :math:`n \\ge 1`.
+        noise: noise level relative to each volume's intensity range (≥ 0; 0.1–0.2 is usual).
+        batch_size: volumes per Captum call. Volumes in one call share the noise level, so
+            volumes are grouped by :math:`\\sigma_x` first (after min–max normalisation all
+            volumes share it); one forward/backward pass holds up to ``batch_size × samples``
+            rows unless ``samples_batch_size`` caps the noisy copies per pass.
+        absolute: average absolute gradients (the usual SmoothGrad saliency) or signed ones.
+        seed: noise seed.
+        samples_batch_size: noisy copies per volume in one pass (Captum's
+            ``nt_samples_batch_size``); ``None`` means all ``samples`` at once.
+
+    Returns:
+        Detached attributions with the shape, dtype and device of ``inputs``.
+
+    Raises:
+        ValueError: non-floating or 0/1-D inputs, an empty batch, or invalid ``samples``,
+            ``noise``, ``batch_size`` or ``samples_batch_size``.
+    """
+    from captum.attr import NoiseTunnel, Saliency
+
+    if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
+        raise ValueError("inputs must be a floating-point tensor of shape (B, C, *spatial)")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs hold no volumes")
+    if samples < 1:
+        raise ValueError(f"samples must be ≥ 1, got {samples}")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be finite and ≥ 0, got {noise}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if samples_batch_size is not None and samples_batch_size < 1:
+        raise ValueError(f"samples_batch_size must be ≥ 1, got {samples_batch_size}")
+
+    x = inputs.detach()
+    flat = x.reshape(x.shape[0], -1)
+    ranges = (flat.amax(dim=1) - flat.amin(dim=1)).double().cpu().numpy()
+    stdevs = [float(noise * r) for r in ranges]
+    if not all(np.isfinite(stdevs)):
+        raise ValueError("inputs contain NaN or infinite values")
+
+    groups: dict[float, list[int]] = {}
+    for index, stdev in enumerate(stdevs):
+        groups.setdefault(stdev, []).append(index)
+
+    out = torch.empty_like(x)
+    tunnel = NoiseTunnel(Saliency(model))
+    with _eval_mode(model), _seeded(x.device, seed):
+        for stdev, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                idx = torch.as_tensor(chunk, device=x.device)
+                attributions = tunnel.attribute(
+                    x.index_select(0, idx).clone(),
+                    nt_type="smoothgrad",
+                    nt_samples=samples,
+                    nt_samples_batch_size=samples_batch_size,
+                    stdevs=stdev,
+                    target=target,
+                    abs=absolute,
+                )
+                out.index_copy_(0, idx, attributions.detach().to(out.dtype))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Maps on disk
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, suffix: str, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name the writer creates itself, so the file gets the usual (umask) permissions.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path, *, space: str = "mni") -> Path:
+    """Write a float32 NIfTI-1 image with the given voxel-to-world affine, atomically.
+
+    Both the qform and the sform are set to ``affine`` with the xform code ``space``
+    (``"mni"``, ``"scanner"``, ``"aligned"``, ``"talairach"``), so any reader recovers the
+    input's space. The file is written to a temporary name in the target directory and moved
+    into place with :func:`os.replace`; parent directories are created.
+
+    Args:
+        volume: 3-D (D, H, W) or 4-D array on the grid that ``affine`` describes.
+        affine: 4×4 voxel-to-world (mm) matrix.
+        path: destination ending in ``.nii`` or ``.nii.gz``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a volume that is not 3-D/4-D, a non-finite or non-4×4 affine, or a path
+            without a NIfTI extension.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    if suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"NIfTI path must end in .nii or .nii.gz, got {path.name!r}")
+    data = np.asarray(volume, dtype=np.float32)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"volume must be 3-D or 4-D, got shape {data.shape}")
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"affine must be a finite 4×4 matrix, got shape {matrix.shape}")
+
+    image = nib.Nifti1Image(data, matrix)
+    image.set_qform(matrix, code=space)
+    image.set_sform(matrix, code=space)
+    image.header.set_data_dtype(np.float32)
+
+    def write(tmp: Path) -> None:
+        nib.save(image, str(tmp))
+
+    return _atomic_write(path, suffix, write)
+
+
+def group_maps(
+    saliency: np.ndarray, labels: np.ndarray, *, positive: int = 1
+) -> dict[str, np.ndarray]:
+    """Average saliency maps per diagnostic group.
+
+    Args:
+        saliency: (N, D, H, W) (or any (N, ...)) per-subject maps.
+        labels: (N,) integer labels; ``positive`` marks patients, other labels ≥ 0 controls,
+            negative labels (unknown diagnosis) belong to neither group.
+        positive: the patients' label.
+
+    Returns:
+        float64 maps of shape ``saliency.shape[1:]``: ``patients`` (mean over label ==
+        positive), ``controls`` (mean over the other labels ≥ 0), ``difference`` (patients −
+        controls) and ``all`` (mean over all N maps, negative labels included).
+
+    Raises:
+        ValueError: mismatched shapes, or an empty patient or control group.
+    """
+    maps = np.asarray(saliency, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1)
+    if maps.ndim < 2:
+        raise ValueError(f"saliency must be (N, ...) maps, got shape {maps.shape}")
+    if y.shape[0] != maps.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps but {y.shape[0]} labels")
+    patients = y == positive
+    controls = (y >= 0) & ~patients
+    if not patients.any():
+        raise ValueError(f"no patients (label {positive}) among the labels")
+    if not controls.any():
+        raise ValueError(f"no controls (labels ≥ 0 other than {positive}) among the labels")
+    patient_mean = maps[patients].mean(axis=0)
+    control_mean = maps[controls].mean(axis=0)
+    return {
+        "patients": patient_mean,
+        "controls": control_mean,
+        "difference": patient_mean - control_mean,
+        "all": maps.mean(axis=0),
+    }
+
+
+def localisation_auc(
+    saliency_map: np.ndarray, truth_mask: np.ndarray, brain_mask: np.ndarray | None = None
+) -> float:
+    """ROC AUC of voxel saliency as a detector of the ground-truth effect voxels.
+
+    With the voxels :math:`v` inside the brain mask, the score is
+    :math:`P(s_v > s_{v'} \\mid v \\in T, v' \\notin T)` (ties count one half), the ROC AUC of
+    saliency :math:`s` for membership in the effect mask :math:`T`: 1 is perfect localisation,
+    0.5 chance. Masks are boolean (non-zero = inside).
+
+    Raises:
+        ValueError: shapes differ, the saliency is not finite in the brain, the brain mask is
+            empty, or the effect mask is empty or covers the whole brain.
+    """
+    s = np.asarray(saliency_map, dtype=np.float64)
+    truth = np.asarray(truth_mask) != 0
+    brain = np.ones(s.shape, dtype=bool) if brain_mask is None else np.asarray(brain_mask) != 0
+    if truth.shape != s.shape or brain.shape != s.shape:
+        raise ValueError(
+            f"shapes differ: saliency {s.shape}, truth mask {truth.shape}, brain mask {brain.shape}"
+        )
+    if not brain.any():
+        raise ValueError("the brain mask is empty")
+    scores, positives = s[brain], truth[brain]
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("the saliency map has NaN or infinite values inside the brain mask")
+    if not positives.any():
+        raise ValueError("the effect mask has no voxel inside the brain mask")
+    if positives.all():
+        raise ValueError("the effect mask covers the whole brain mask; AUC is undefined")
+    return float(roc_auc_score(positives, scores))
+
+
+def plot_map(
+    nifti_path: Path,
+    png_path: Path,
+    *,
+    title: str,
+    background: Path | None = None,
+    display_mode: str = "ortho",
+    cuts: int = 5,
+    threshold: float | str | None = None,
+    cmap: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Render a NIfTI map to a PNG with nilearn, atomically.
+
+    With a ``background`` image the map is overlaid with ``nilearn.plotting.plot_stat_map``;
+    without one it is drawn as a glass brain (``plot_glass_brain``, signed values). The figure
+    is drawn on its own Agg canvas, outside pyplot (no display needed, the global matplotlib
+    backend is left alone, no figure stays open), has a colour bar, and is cleared afterwards.
+
+    Args:
+        nifti_path: the map (e.g. from :func:`save_nifti`).
+        png_path: destination PNG; parent directories are created.
+        title: figure title.
+        background: anatomical image for ``plot_stat_map``, or ``None`` for a glass brain.
+        display_mode: ``"ortho"`` (three orthogonal cuts) or ``"z"`` (axial; ``cuts`` slices
+            on a background, one projection for the glass brain).
+        cuts: number of axial slices in ``"z"`` mode on a background.
+        threshold: values below it in magnitude are not drawn; ``None`` keeps nilearn's
+            default (1e-6 on a background, ``"auto"`` for the glass brain).
+        cmap: matplotlib colour map; ``None`` keeps nilearn's (diverging, symmetric about 0
+            for signed maps such as group differences).
+        dpi: resolution of the PNG.
+
+    Returns:
+        ``png_path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from nilearn import plotting
+
+    if display_mode not in ("ortho", "z"):
+        raise ValueError(f"display_mode must be 'ortho' or 'z', got {display_mode!r}")
+    if cuts < 1:
+        raise ValueError(f"cuts must be ≥ 1, got {cuts}")
+    figure = Figure(figsize=(10, 4) if display_mode == "z" else (8, 3.2))
+    FigureCanvasAgg(figure)
+    options: dict[str, Any] = {
+        "display_mode": display_mode,
+        "colorbar": True,
+        "title": title,
+        "figure": figure,
+    }
+    if threshold is not None:
+        options["threshold"] = threshold
+    if cmap is not None:
+        options["cmap"] = cmap
+    if background is not None:
+        if display_mode == "z":
+            options["cut_coords"] = cuts
+        display = plotting.plot_stat_map(str(nifti_path), bg_img=str(background), **options)
+    else:
+        display = plotting.plot_glass_brain(str(nifti_path), plot_abs=False, **options)
+
+    def write(tmp: Path) -> None:
+        figure.savefig(tmp, format="png", dpi=dpi, facecolor=figure.get_facecolor())
+
+    try:
+        return _atomic_write(Path(png_path), ".png", write)
+    finally:
+        # The figure was never registered with pyplot (so no plt.close, which nilearn's
+        # display.close() would call); dropping its artists frees it.
+        del display
+        figure.clear()

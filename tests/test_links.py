@@ -1,0 +1,173 @@
+"""Tests for held-out CCA links between two modalities (mmssl.evaluation.links)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.cross_decomposition import CCA
+
+from mmssl.evaluation.links import LinkResult, canonical_variate, cca_links
+
+
+def shared_latent_pair(
+    n: int, rng: np.random.Generator, *, strength: float = 1.0, noise: float = 0.3
+) -> dict[str, np.ndarray]:
+    """Two modalities driven by one shared latent (scaled by ``strength``) plus private noise."""
+    s = rng.standard_normal((n, 1))
+    mix_x = np.linspace(1.0, 2.0, 8)[None, :]
+    mix_y = np.linspace(-1.5, 1.0, 6)[None, :]
+    x = strength * s @ mix_x + noise * rng.standard_normal((n, 8)) + 5.0
+    y = strength * s @ mix_y + noise * rng.standard_normal((n, 6)) - 2.0
+    return {"t1": x, "falff": y * 10.0}
+
+
+def well_conditioned(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Three shared latents of decreasing strength seen through fixed full-rank mixings."""
+    mix = np.random.default_rng(123)
+    mx, my = mix.standard_normal((6, 6)), mix.standard_normal((5, 5))
+    s = rng.standard_normal((n, 3))
+    x = np.c_[s, rng.standard_normal((n, 3))] @ mx + 0.5 * rng.standard_normal((n, 6))
+    y = np.c_[s, rng.standard_normal((n, 2))] @ my + 0.5 * rng.standard_normal((n, 5))
+    return {"a": x + 3.0, "b": 2.0 * y}
+
+
+def test_planted_link_is_found_and_significant() -> None:
+    rng = np.random.default_rng(0)
+    train, test = shared_latent_pair(200, rng), shared_latent_pair(100, rng)
+    result = cca_links(train, test, n_components=2, n_permutations=100, seed=1)
+    assert result.modalities == ("t1", "falff")
+    assert result.test_correlations.shape == (2,)
+    assert result.null_correlations.shape == (100, 2)
+    assert result.train_correlations[0] > 0.8
+    assert result.test_correlations[0] > 0.8
+    assert result.p_values[0] < 0.05
+    assert result.p_values[0] == pytest.approx(1 / 101)
+    assert np.all(result.train_correlations >= 0)
+    assert result.train_correlations[0] >= result.train_correlations[1]
+
+
+def test_independent_modalities_give_no_link() -> None:
+    rng = np.random.default_rng(2)
+    train = {"t1": rng.standard_normal((150, 5)), "falff": rng.standard_normal((150, 4))}
+    test = {"t1": rng.standard_normal((200, 5)), "falff": rng.standard_normal((200, 4))}
+    result = cca_links(train, test, n_components=2, n_permutations=100, seed=0)
+    assert abs(result.test_correlations[0]) < 0.2
+    assert result.p_values[0] > 0.05
+    assert np.all((result.p_values > 0) & (result.p_values <= 1))
+
+
+def test_p_value_formula_and_seed() -> None:
+    rng = np.random.default_rng(3)
+    train, test = shared_latent_pair(60, rng, noise=2.0), shared_latent_pair(40, rng, noise=2.0)
+    result = cca_links(train, test, n_components=2, n_permutations=50, seed=7)
+    exceed = (result.null_correlations >= result.test_correlations).sum(axis=0)
+    np.testing.assert_allclose(result.p_values, (1 + exceed) / 51)
+    again = cca_links(train, test, n_components=2, n_permutations=50, seed=7)
+    np.testing.assert_array_equal(again.null_correlations, result.null_correlations)
+    other = cca_links(train, test, n_components=2, n_permutations=50, seed=8)
+    assert not np.array_equal(other.null_correlations, result.null_correlations)
+    none = cca_links(train, test, n_components=2, n_permutations=0)
+    assert none.null_correlations.shape == (0, 2)
+    np.testing.assert_array_equal(none.p_values, [1.0, 1.0])
+
+
+def test_fit_uses_train_only() -> None:
+    rng = np.random.default_rng(4)
+    train = shared_latent_pair(80, rng)
+    test_a, test_b = shared_latent_pair(30, rng), shared_latent_pair(30, rng)
+    test_b = {k: v * 3.0 + 1.0 for k, v in test_b.items()}
+    a = cca_links(train, test_a, n_components=2, n_permutations=5)
+    b = cca_links(train, test_b, n_components=2, n_permutations=5)
+    np.testing.assert_array_equal(a.x_weights, b.x_weights)
+    np.testing.assert_array_equal(a.y_weights, b.y_weights)
+    np.testing.assert_array_equal(a.train_correlations, b.train_correlations)
+    for sa, sb in zip(a.scalers, b.scalers, strict=True):
+        np.testing.assert_array_equal(sa.mean, sb.mean)
+        np.testing.assert_array_equal(sa.scale, sb.scale)
+    assert not np.allclose(a.test_correlations, b.test_correlations)
+
+
+def test_test_correlations_are_those_of_projected_test_data() -> None:
+    rng = np.random.default_rng(5)
+    train, test = well_conditioned(200, rng), well_conditioned(100, rng)
+    result = cca_links(train, test, n_components=3, n_permutations=0)
+    u, v = result.transform("a", test["a"]), result.transform("b", test["b"])
+    expected = [np.corrcoef(u[:, j], v[:, j])[0, 1] for j in range(3)]
+    np.testing.assert_allclose(result.test_correlations, expected, atol=1e-12)
+    u, v = result.transform("a", train["a"]), result.transform("b", train["b"])
+    # Training variates are (nearly) uncorrelated across components and have ~unit variance.
+    cross = np.asarray(np.corrcoef(u.T))[np.triu_indices(3, 1)]
+    assert np.max(np.abs(cross)) < 1e-2
+    np.testing.assert_allclose(u.var(axis=0, ddof=1), 1.0, atol=1e-2)
+
+
+def test_matches_sklearn_cca_on_well_conditioned_data() -> None:
+    rng = np.random.default_rng(6)
+    train, test = well_conditioned(500, rng), well_conditioned(300, rng)
+    ours = cca_links(train, test, n_components=3, n_permutations=0, regularization=0.0)
+    ref = CCA(n_components=3, max_iter=5000, tol=1e-12).fit(train["a"], train["b"])
+
+    def corr(data: dict[str, np.ndarray]) -> np.ndarray:
+        u, v = ref.transform(data["a"], data["b"])
+        return np.array([np.corrcoef(u[:, j], v[:, j])[0, 1] for j in range(3)])
+
+    np.testing.assert_allclose(ours.train_correlations, corr(train), atol=1e-3)
+    np.testing.assert_allclose(np.abs(ours.test_correlations), np.abs(corr(test)), atol=1e-3)
+    assert ours.train_correlations[0] > ours.train_correlations[1] > ours.train_correlations[2]
+    # The default ridge barely moves well-conditioned correlations.
+    ridge = cca_links(train, test, n_components=3, n_permutations=0)
+    np.testing.assert_allclose(ridge.train_correlations, ours.train_correlations, atol=1e-3)
+
+
+def test_canonical_variate_and_to_dict() -> None:
+    rng = np.random.default_rng(7)
+    train, test = shared_latent_pair(50, rng), shared_latent_pair(20, rng)
+    result = cca_links(train, test, n_components=2, n_permutations=10)
+    mean, scale, weight = canonical_variate(result, "falff", 1)
+    assert mean.shape == scale.shape == weight.shape == (6,)
+    variate = ((test["falff"] - mean) / scale) @ weight
+    np.testing.assert_allclose(variate, result.transform("falff", test["falff"])[:, 1])
+    weight[:] = 0.0  # a copy: the result is untouched
+    assert np.any(result.y_weights[:, 1] != 0)
+    with pytest.raises(KeyError, match="unknown modality"):
+        canonical_variate(result, "dti", 0)
+    with pytest.raises(IndexError, match="out of range"):
+        canonical_variate(result, "t1", 2)
+
+    payload = result.to_dict()
+    assert json.loads(json.dumps(payload, allow_nan=False))["modalities"] == ["t1", "falff"]
+    assert len(payload["null_correlations"]) == 10
+    assert np.array(payload["weights"]["t1"]).shape == (8, 2)
+    assert isinstance(result, LinkResult)
+
+
+def test_errors() -> None:
+    rng = np.random.default_rng(8)
+    train, test = shared_latent_pair(30, rng), shared_latent_pair(10, rng)
+    three = {**train, "dti": train["t1"]}
+    with pytest.raises(ValueError, match="exactly two modalities"):
+        cca_links(three, test)
+    with pytest.raises(ValueError, match="exactly two modalities"):
+        cca_links({"t1": train["t1"]}, test)
+    with pytest.raises(ValueError, match="train has"):
+        cca_links(train, {"t1": test["t1"], "dti": test["falff"]})
+    with pytest.raises(ValueError, match="exceeds the smaller"):
+        cca_links(train, test, n_components=7)
+    with pytest.raises(ValueError, match="too few training"):
+        cca_links({k: v[:3] for k, v in train.items()}, test, n_components=3)
+    with pytest.raises(ValueError, match="too few test"):
+        cca_links(train, {k: v[:2] for k, v in test.items()})
+    with pytest.raises(ValueError, match="rows must be the same subjects"):
+        cca_links({"t1": train["t1"], "falff": train["falff"][:-1]}, test)
+    with pytest.raises(ValueError, match="features but train has"):
+        cca_links(train, {"t1": test["t1"][:, :5], "falff": test["falff"]})
+    bad = train["t1"].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cca_links({"t1": bad, "falff": train["falff"]}, test)
+    with pytest.raises(ValueError, match="regularization"):
+        cca_links(train, test, regularization=-1.0)
+    with pytest.raises(ValueError, match="n_components"):
+        cca_links(train, test, n_components=0)

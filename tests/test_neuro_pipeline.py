@@ -1,0 +1,130 @@
+"""The neuroimaging path end to end: subject-level splits, augmentation, training, probes,
+saliency maps in brain space and multimodal links, on a simulated cohort."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmssl import config as cfg
+from mmssl.cli import main
+from mmssl.data.splits import subject_splits
+from mmssl.data.volume_views import shared_crop_flip
+from mmssl.pipeline import RunDir, evaluate, make_datamodule, pretrain
+
+
+def test_subject_splits_never_leak_and_keep_unlabelled_for_pretraining():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"s{i:02d}" for i in range(30)], 2)  # two sessions each
+    labels = np.repeat(rng.permutation([0] * 13 + [1] * 13 + [-1] * 4), 2)
+    labels[1] = labels[0]  # sessions of a subject share its label
+    seen = {}
+    for fold in range(3):
+        sets = subject_splits(subjects, labels, num_folds=3, fold=fold, seed=1)
+        groups = [set(v) for v in sets.values()]
+        assert sum(len(g) for g in groups) == len(set(groups[0].union(*groups[1:])))  # disjoint
+        assert set(sets["unlabelled"]) == set(subjects[labels < 0])
+        seen[fold] = set(sets["test"])
+    assert set().union(*seen.values()) == set(subjects[labels >= 0])  # folds cover the cohort
+    with pytest.raises(ValueError, match="at least 20 per class"):
+        subject_splits(subjects, labels, num_folds=20, fold=0, seed=1)
+
+
+def test_shared_crop_flip_keeps_modalities_aligned_and_reaches_every_offset():
+    ones = torch.ones(4, 1, 6, 6, 6)
+    patterns = set()
+    for seed in range(40):
+        out = shared_crop_flip({"a": ones, "b": 3 * ones}, torch.Generator().manual_seed(seed),
+                               pad=1)
+        assert torch.equal(out["b"], 3 * out["a"]) and out["a"].shape == ones.shape
+        for b in range(4):
+            first_zero = bool((out["a"][b, 0, 0] == 0).all())  # crop offset 0 on axis D
+            last_zero = bool((out["a"][b, 0, -1] == 0).all())  # crop offset 2 = 2·pad
+            patterns.add((first_zero, last_zero))
+    assert patterns == {(True, False), (False, True), (False, False)}  # offsets 0, 2 and 1
+    x = torch.rand(8, 1, 4, 4, 4)
+    flipped = shared_crop_flip({"a": x, "b": x.clone()}, torch.Generator().manual_seed(0),
+                               pad=0, flip=True)
+    assert torch.equal(flipped["a"], flipped["b"])
+    for b in range(8):  # each sample is x flipped along some subset of the axes
+        candidates = [x[b].flip([d + 1 for d in range(3) if mask >> d & 1]) for mask in range(8)]
+        assert any(torch.equal(flipped["a"][b], c) for c in candidates)
+    assert not torch.equal(flipped["a"], x)
+
+
+def neuro_config(manifest, **overrides):
+    values = {
+        "data.manifest": str(manifest), "data.batch_size": 8, "data.eval_batch_size": 16,
+        "data.num_folds": 4, "model.width": 8, "trainer.epochs": 3,
+        "trainer.progress_bar": False, "trainer.accelerator": "cpu",
+        "probe.Cs": [0.01, 0.1, 1.0], "probe.max_iter": 500,
+    }
+    values.update(overrides)
+    return cfg.resolve("neuro-quick", None, values)
+
+
+@pytest.fixture(scope="module")
+def neuro_run(simulated_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("neuro") / "run"
+    pretrain(neuro_config(simulated_cohort), out)
+    evaluate(out)
+    return out
+
+
+def test_splits_are_saved_and_subject_level(neuro_run):
+    table = pd.read_csv(neuro_run / "splits.csv")
+    assert table.groupby("subject")["subject_set"].nunique().max() == 1
+    probe = table[table["probe_split"].notna() & (table["probe_split"] != "")]
+    assert probe.groupby("probe_split")["subject"].apply(lambda s: s.is_unique).all()
+    assert not table.loc[table["subject_set"].isin(["val", "test"]), "pretrain"].any()
+
+
+def test_probe_is_clearly_above_chance(neuro_run):
+    metrics = json.loads((neuro_run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"t1", "falff", "joint"}
+    for values in metrics["test"].values():
+        assert {"roc_auc", "balanced_accuracy", "accuracy", "brier"} <= set(values)
+    assert metrics["test"]["joint"]["roc_auc"] >= 0.75, metrics["test"]
+
+
+def test_saliency_maps_are_nifti_in_the_input_space(neuro_run):
+    assert main(["saliency", str(neuro_run), "--samples", "2", "--latent-dims", "0"]) == 0
+    report = json.loads((neuro_run / "saliency.json").read_text())
+    config = cfg.load(RunDir(neuro_run).config)
+    datamodule = make_datamodule(config)
+    datamodule.setup("fit")
+    grid = datamodule.cohort.grid
+    for modality in ("t1", "falff"):
+        entry = report["modalities"][modality]
+        assert {"probe_patients", "probe_controls", "probe_difference", "latent_0"} <= set(
+            entry["maps"])
+        image = nib.load(entry["maps"]["probe_all"])
+        assert image.shape == tuple(grid.shape)
+        assert np.allclose(image.affine, grid.affine)
+        assert np.isfinite(np.asarray(image.dataobj)).all()
+        assert 0.0 <= entry["localisation_auc"]["probe"] <= 1.0  # simulated ground truth found
+    for figure in report["figures"]:
+        with open(figure, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_links_report_test_correlations_against_a_permutation_null(neuro_run):
+    assert main(["links", str(neuro_run), "--permutations", "20", "--samples", "2",
+                 "--components", "2"]) == 0
+    report = json.loads((neuro_run / "links.json").read_text())
+    assert len(report["test_correlations"]) == 2
+    assert np.asarray(report["null_correlations"]).shape == (20, 2)
+    assert set(report["severity_correlation"]) == {"t1", "falff"}
+    assert nib.load(report["maps"]["component0_t1"]).shape == (32, 32, 32)
+
+
+def test_neuro_needs_a_manifest_and_modalities(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dataset", "neuro"]) == 2
+    assert "data.manifest" in " ".join(capsys.readouterr().out.split())
+    assert main(["saliency", str(tmp_path)]) == 2

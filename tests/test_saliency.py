@@ -1,0 +1,296 @@
+"""Tests for saliency heads, SmoothGrad (Captum) and map helpers (mmssl.evaluation.saliency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from torch import Tensor, nn
+
+from mmssl.evaluation.probe import fit_probe
+from mmssl.evaluation.saliency import (
+    LatentUnit,
+    LinearReadout,
+    ProbeLogit,
+    group_maps,
+    localisation_auc,
+    plot_map,
+    save_nifti,
+    smoothgrad,
+)
+from mmssl.nn.encoders import DCGANEncoder
+
+SIDE = 16
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_encoder(seed: int = 0) -> DCGANEncoder:
+    torch.manual_seed(seed)
+    return DCGANEncoder(1, SIDE, spatial_dims=3, width=2, latent_dim=6)
+
+
+def volumes(n: int, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, SIDE, SIDE, SIDE, generator=g)
+
+
+def features(encoder: nn.Module, x: Tensor) -> np.ndarray:
+    encoder.eval()
+    with torch.no_grad():
+        return encoder(x).z.double().numpy()
+
+
+def mni_affine() -> np.ndarray:
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])
+    affine[:3, 3] = [-80.0, -110.0, -70.0]
+    return affine
+
+
+class Quadratic(nn.Module):
+    """f(x) = ½‖x‖² per volume, so ∇f(x) = x."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * x.pow(2).flatten(1).sum(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------
+
+
+def test_probe_logit_equals_decision_function() -> None:
+    encoder = tiny_encoder()
+    x = volumes(24)
+    z = features(encoder, x)
+    y = (z[:, 0] > np.median(z[:, 0])).astype(int)
+    y[:2] = [0, 1]
+    probe = fit_probe((z[:16], y[:16]), (z[16:], y[16:]))
+    head = ProbeLogit(encoder, probe.model).eval()
+    with torch.no_grad():
+        logits = head(x)
+    assert logits.shape == (24,)
+    expected = probe.model.decision_function(z)
+    np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+    scaler, logreg = probe.model[0], probe.model[-1]
+    explicit = ProbeLogit(
+        encoder,
+        coef=logreg.coef_[0],
+        intercept=logreg.intercept_[0],
+        mean=scaler.mean_,
+        scale=scaler.scale_,
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(explicit(x), logits)
+        torch.testing.assert_close(ProbeLogit(encoder, probe).eval()(x), logits)
+
+
+def test_probe_logit_multiclass_and_errors() -> None:
+    encoder = tiny_encoder()
+    x = volumes(12)
+    z = features(encoder, x)
+    y = np.arange(12) % 3
+    pipe = Pipeline([("scale", StandardScaler()), ("logreg", LogisticRegression())]).fit(z, y)
+    head = ProbeLogit(encoder, pipe).eval()
+    with torch.no_grad():
+        out = head(x).double().numpy()
+    np.testing.assert_allclose(out, pipe.decision_function(z), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(ValueError, match="either a pipeline"):
+        ProbeLogit(encoder, pipe, coef=np.ones(6))
+    with pytest.raises(ValueError, match="coef and intercept are required"):
+        ProbeLogit(encoder, coef=np.ones(6))
+    with pytest.raises(TypeError, match="StandardScaler"):
+        ProbeLogit(encoder, Pipeline([("s", MinMaxScaler()), ("l", LogisticRegression())]))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ProbeLogit(encoder, coef=np.ones(6), intercept=0.0, scale=np.zeros(6))
+    with pytest.raises(ValueError, match="latent has 6"):
+        ProbeLogit(encoder, coef=np.ones(5), intercept=0.0)(x)
+
+
+def test_latent_unit_and_linear_readout() -> None:
+    encoder = tiny_encoder().eval()
+    x = volumes(4)
+    with torch.no_grad():
+        z = encoder(x).z
+        torch.testing.assert_close(LatentUnit(encoder, 3)(x), z[:, 3])
+        torch.testing.assert_close(LatentUnit(encoder, [1, 4])(x), z[:, [1, 4]])
+        torch.testing.assert_close(LatentUnit(encoder)(x), z)
+        with pytest.raises(IndexError, match="out of range"):
+            LatentUnit(encoder, 6)(x)
+
+        rng = np.random.default_rng(0)
+        mean, scale = rng.standard_normal(6), rng.uniform(0.5, 2.0, 6)
+        weights = rng.standard_normal((6, 2))
+        readout = LinearReadout(encoder, mean, scale, weights)(x)
+        expected = ((z.double().numpy() - mean) / scale) @ weights
+        assert readout.shape == (4, 2)
+        np.testing.assert_allclose(readout.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+        assert LinearReadout(encoder, mean, scale, weights[:, 0])(x).shape == (4, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# SmoothGrad
+# --------------------------------------------------------------------------------------------
+
+
+def test_plain_gradient_equals_autograd_and_state_is_restored() -> None:
+    encoder = tiny_encoder()
+    head = LatentUnit(encoder, 2)
+    head.train()
+    x = volumes(5)
+    rng_before = torch.get_rng_state()
+
+    grads = smoothgrad(head, x, noise=0.0, samples=1, absolute=False, batch_size=2)
+
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert all(m.training for m in head.modules())
+    assert grads.shape == x.shape and grads.dtype == x.dtype and grads.device == x.device
+    assert not grads.requires_grad
+
+    head.eval()
+    xx = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(head(xx).sum(), xx)
+    torch.testing.assert_close(grads, expected)
+    assert grads.abs().sum() > 0
+    # Eval mode makes each map independent of its batch-mates (BatchNorm running stats).
+    single = smoothgrad(head.train(), x[3:4], noise=0.0, samples=1, absolute=False)
+    torch.testing.assert_close(single[0], grads[3])
+    absolute = smoothgrad(head, x, noise=0.0, samples=3, absolute=True)
+    torch.testing.assert_close(absolute, expected.abs())
+
+
+def test_noise_is_relative_to_each_volume_range() -> None:
+    # With f = ½‖x‖², the signed SmoothGrad map is x + mean of the noise draws, so its
+    # deviation from x has standard deviation noise·range(x)/√samples, per volume.
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 1, SIDE, SIDE, SIDE, generator=g) * torch.tensor([1.0, 10.0, 100.0]).view(
+        3, 1, 1, 1, 1
+    )
+    samples, noise = 4, 0.2
+    attr = smoothgrad(Quadratic(), x, samples=samples, noise=noise, absolute=False, batch_size=2)
+    ranges = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).numpy()
+    spread = (attr - x).flatten(1).std(1).numpy()
+    np.testing.assert_allclose(spread, noise * ranges / np.sqrt(samples), rtol=0.1)
+
+    again = smoothgrad(Quadratic(), x, samples=samples, noise=noise, absolute=False, batch_size=2)
+    torch.testing.assert_close(again, attr)
+    other = smoothgrad(Quadratic(), x, samples=samples, noise=noise, absolute=False, seed=1)
+    assert not torch.allclose(other, attr)
+
+
+def test_smoothgrad_targets_and_validation() -> None:
+    encoder = tiny_encoder()
+    x = volumes(3)
+    whole = smoothgrad(LatentUnit(encoder), x, target=4, samples=2, noise=0.1)
+    unit = smoothgrad(LatentUnit(encoder, 4), x, samples=2, noise=0.1)
+    torch.testing.assert_close(whole, unit)
+    assert bool((unit >= 0).all())
+
+    probe = ProbeLogit(encoder, coef=np.ones(6), intercept=0.5)
+    assert smoothgrad(probe, x, samples=2, noise=0.1).shape == x.shape
+
+    with pytest.raises(ValueError, match="samples"):
+        smoothgrad(probe, x, samples=0)
+    with pytest.raises(ValueError, match="noise"):
+        smoothgrad(probe, x, noise=-0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        smoothgrad(probe, x, batch_size=0)
+    with pytest.raises(ValueError, match="floating-point"):
+        smoothgrad(probe, x.long())
+
+
+# --------------------------------------------------------------------------------------------
+# Maps on disk, group maps, localisation
+# --------------------------------------------------------------------------------------------
+
+
+def test_save_nifti_round_trip(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    volume = rng.standard_normal((SIDE, SIDE, SIDE))
+    affine = mni_affine()
+    for name in ("map.nii.gz", "sub/map.nii"):
+        path = save_nifti(volume, affine, tmp_path / name)
+        image = nib.load(path)
+        assert isinstance(image, nib.Nifti1Image)
+        assert image.get_data_dtype() == np.float32
+        np.testing.assert_array_equal(image.get_fdata(dtype=np.float32), volume.astype(np.float32))
+        assert np.allclose(image.affine, affine)
+        assert np.allclose(image.header.get_qform(), affine)
+        assert np.allclose(image.header.get_sform(), affine)
+        assert int(image.header["qform_code"]) == int(image.header["sform_code"]) == 4
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["map.nii", "map.nii.gz"]
+    with pytest.raises(ValueError, match=".nii"):
+        save_nifti(volume, affine, tmp_path / "map.png")
+    with pytest.raises(ValueError, match="4×4"):
+        save_nifti(volume, affine[:3], tmp_path / "bad.nii")
+
+
+def test_group_maps() -> None:
+    maps = np.stack([np.full((2, 2, 2), v) for v in (1.0, 3.0, 10.0, 20.0, 100.0)])
+    labels = np.array([1, 1, 0, 0, -1])
+    groups = group_maps(maps, labels)
+    np.testing.assert_allclose(groups["patients"], 2.0)
+    np.testing.assert_allclose(groups["controls"], 15.0)
+    np.testing.assert_allclose(groups["difference"], -13.0)
+    np.testing.assert_allclose(groups["all"], 134.0 / 5)
+    flipped = group_maps(maps, labels, positive=0)
+    np.testing.assert_allclose(flipped["patients"], 15.0)
+    with pytest.raises(ValueError, match="no patients"):
+        group_maps(maps, np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="no controls"):
+        group_maps(maps, np.array([1, 1, 1, -1, -1]))
+    with pytest.raises(ValueError, match="labels"):
+        group_maps(maps, labels[:4])
+
+
+def test_localisation_auc() -> None:
+    truth = np.zeros((4, 4, 4), dtype=bool)
+    truth[1:3, 1:3, 1:3] = True
+    assert localisation_auc(truth.astype(float), truth) == pytest.approx(1.0)
+    assert localisation_auc(-truth.astype(float), truth) == pytest.approx(0.0)
+    assert localisation_auc(np.ones((4, 4, 4)), truth) == pytest.approx(0.5)
+
+    brain = np.zeros_like(truth)
+    brain[:, :, :2] = True
+    saliency = truth.astype(float)
+    saliency[:, :, 2:] = 5.0  # outside the brain mask: must not count
+    assert localisation_auc(saliency, truth, brain) == pytest.approx(1.0)
+    assert localisation_auc(saliency, truth) < 1.0
+
+    with pytest.raises(ValueError, match="brain mask is empty"):
+        localisation_auc(saliency, truth, np.zeros_like(truth))
+    with pytest.raises(ValueError, match="no voxel"):
+        localisation_auc(saliency, np.zeros_like(truth))
+    with pytest.raises(ValueError, match="whole brain"):
+        localisation_auc(saliency, truth, truth)
+    with pytest.raises(ValueError, match="shapes differ"):
+        localisation_auc(saliency[:3], truth)
+
+
+def test_plot_map_writes_png(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figures_before = plt.get_fignums()
+    rng = np.random.default_rng(0)
+    affine = mni_affine()
+    stat = save_nifti(rng.standard_normal((SIDE, SIDE, SIDE)), affine, tmp_path / "stat.nii.gz")
+    anat = save_nifti(rng.random((SIDE, SIDE, SIDE)), affine, tmp_path / "anat.nii.gz")
+
+    glass = plot_map(stat, tmp_path / "glass.png", title="glass brain")
+    overlay = plot_map(
+        stat, tmp_path / "out" / "overlay.png", title="overlay", background=anat, display_mode="z"
+    )
+    for png in (glass, overlay):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+    assert plt.get_fignums() == figures_before
+    with pytest.raises(ValueError, match="display_mode"):
+        plot_map(stat, tmp_path / "x.png", title="x", display_mode="x")
