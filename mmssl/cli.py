@@ -175,7 +175,9 @@ def cmd_sweep(args: Any) -> int:
     base = _resolved(args)
     objectives = [o.strip() for o in (args.objectives or "").split(",") if o.strip()]
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    result = run_sweep(base, objectives, Path(args.out), methods)
+    folds = _int_list(args.folds, "--folds", all_value=list(range(base.data.num_folds)))
+    seeds = _int_list(args.seeds, "--seeds")
+    result = run_sweep(base, objectives, Path(args.out), methods, folds=folds, seeds=seeds)
     assert result.table_md and result.table_csv and result.figure
     table = Table(title=f"Sweep {args.out}: {result.table_md.read_text().splitlines()[0]}")
     header, _, *body = result.table_md.read_text().splitlines()[2:]
@@ -254,6 +256,18 @@ def cmd_links(args: Any) -> int:
     return 0
 
 
+def _int_list(text: str | None, flag: str, all_value: list[int] | None = None) -> list[int]:
+    if not text:
+        return []
+    if text.strip() == "all" and all_value is not None:
+        return all_value
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise cfg.ConfigError(f"{flag} {text!r}: expected comma-separated integers"
+                              + (" or 'all'" if all_value is not None else "")) from None
+
+
 def cmd_list(args: Any) -> int:
     from mmssl.methods import METHODS
     from mmssl.objectives.taxonomy import all_objectives
@@ -293,6 +307,10 @@ def build_parser() -> ArgumentParser:
                        help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR")
     sweep.add_argument("--methods", type=str | None, default=None,
                        help="comma-separated baselines, e.g. supervised,ae,dccae,mmvae")
+    sweep.add_argument("--folds", type=str | None, default=None,
+                       help="folds to run, e.g. 0,1,2 or all (default: --fold)")
+    sweep.add_argument("--seeds", type=str | None, default=None,
+                       help="seeds to run, e.g. 1,2,3 (default: --seed)")
     _config_flags(sweep, objective=False)
     sweep.add_argument("--out", type=str, required=True, help="sweep directory")
     sub.add_subcommand("sweep", sweep, help="run several objectives and compare them")

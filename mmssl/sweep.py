@@ -1,7 +1,8 @@
-"""Several objectives in one go: one run directory each, then a table and a figure.
+"""Several models × folds × seeds in one go: a run directory each, then a table and a figure.
 
 Finished runs (``metrics.json`` present) are skipped and interrupted ones resumed, so a sweep
-can be re-run after a crash and only the missing work is done.
+can be re-run after a crash and only the missing work is done. Results are aggregated as
+mean ± standard deviation over folds and seeds.
 """
 
 from __future__ import annotations
@@ -76,34 +77,84 @@ def sweep_configs(
 
 
 def run_sweep(
-    base: RunConfig, objectives: Sequence[str], out: Path, methods: Sequence[str] = ()
+    base: RunConfig,
+    objectives: Sequence[str],
+    out: Path,
+    methods: Sequence[str] = (),
+    *,
+    folds: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> SweepResult:
-    """Run (or resume, or skip) every entry under ``out``, then tabulate and plot."""
+    """Run (or resume, or skip) every model × fold × seed under ``out``; tabulate and plot.
+
+    Each run lives in ``out/<model>/fold<k>-seed<s>``. The table and figure give, per model and
+    representation, the mean ± standard deviation over folds and seeds of the test metric.
+    """
     out = Path(out)
-    configs = sweep_configs(base, objectives, methods)
-    for index, (name, config) in enumerate(configs, 1):
-        run_dir = RunDir(out / name)
+    folds = list(folds) if folds else [base.data.fold]
+    seeds = list(seeds) if seeds else [base.seed]
+    entries = []
+    for name, config in sweep_configs(base, objectives, methods):
+        for fold in folds:
+            for seed in seeds:
+                variant = copy.deepcopy(config)
+                variant.data.fold, variant.seed = fold, seed
+                cfg.validate(variant, f"sweep entry {name} fold {fold} seed {seed}")
+                entries.append((name, fold, seed, variant))
+    for index, (name, fold, seed, config) in enumerate(entries, 1):
+        run_dir = RunDir(out / name / f"fold{fold}-seed{seed}")
+        label = f"[{index}/{len(entries)}] {name} fold {fold} seed {seed}"
         if run_dir.metrics.exists():
-            log.info("[%d/%d] %s: finished earlier, skipping", index, len(configs), name)
+            log.info("%s: finished earlier, skipping", label)
             continue
         resume = run_dir.config.exists()
-        log.info("[%d/%d] %s: %s", index, len(configs), name, "resuming" if resume else "starting")
+        log.info("%s: %s", label, "resuming" if resume else "starting")
         run(None if resume else config, run_dir.root, resume=resume)
-    rows = [
-        {"model": name, "run_dir": str(out / name),
-         "metrics": json.loads(RunDir(out / name).metrics.read_text())}
-        for name, _ in configs
+    runs = [
+        {"model": name, "fold": fold, "seed": seed,
+         "run_dir": str(out / name / f"fold{fold}-seed{seed}"),
+         "metrics": json.loads(RunDir(out / name / f"fold{fold}-seed{seed}").metrics.read_text())}
+        for name, fold, seed, _ in entries
     ]
+    rows = aggregate(runs)
     result = SweepResult(rows=rows)
     modalities = base.modalities
     columns = modalities + (["joint"] if len(modalities) > 1 else [])
     result.table_csv = out / "results.csv"
     result.table_md = out / "results.md"
+    write_atomic(out / "runs.csv", runs_csv(runs, columns))
     write_atomic(result.table_csv, results_csv(rows, columns))
     write_atomic(result.table_md, results_markdown(rows, columns))
     result.figure = out / "accuracy.png"
     plot_accuracy(rows, columns, result.figure)
     return result
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: split → modality → metric → {mean, std, n} over its folds and seeds.
+
+    The standard deviation is the sample one (ddof 1), 0 for a single run.
+    """
+    import numpy as np
+
+    models: dict[str, list[dict[str, Any]]] = {}
+    for run_info in runs:
+        models.setdefault(run_info["model"], []).append(run_info["metrics"])
+    rows = []
+    for model, metrics_list in models.items():
+        summary: dict[str, Any] = {}
+        for split in metrics_list[0]:
+            for modality in metrics_list[0][split]:
+                for metric in metrics_list[0][split][modality]:
+                    values = np.array([m[split][modality][metric] for m in metrics_list],
+                                      dtype=float)
+                    summary.setdefault(split, {}).setdefault(modality, {})[metric] = {
+                        "mean": float(values.mean()),
+                        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                        "n": len(values),
+                    }
+        rows.append({"model": model, "metrics": summary})
+    return rows
 
 
 def metric_name(rows: Sequence[dict[str, Any]]) -> str:
@@ -113,35 +164,58 @@ def metric_name(rows: Sequence[dict[str, Any]]) -> str:
     return "roc_auc" if "roc_auc" in sample else "accuracy"
 
 
-def results_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Long-format CSV: model, split, modality, metric, value."""
+def runs_csv(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Every run's metrics, long format: model, fold, seed, split, modality, metric, value."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["model", "split", "modality", "metric", "value"])
+    writer.writerow(["model", "fold", "seed", "split", "modality", "metric", "value"])
+    for run_info in runs:
+        for split, per_modality in run_info["metrics"].items():
+            for modality in columns:
+                for metric, value in per_modality.get(modality, {}).items():
+                    writer.writerow([run_info["model"], run_info["fold"], run_info["seed"],
+                                     split, modality, metric, f"{value:.6f}"])
+    return buffer.getvalue()
+
+
+def results_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Aggregated, long format: model, split, modality, metric, mean, std, n."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", "split", "modality", "metric", "mean", "std", "n"])
     for row in rows:
         for split, per_modality in row["metrics"].items():
             for modality in columns:
-                for metric, value in per_modality.get(modality, {}).items():
-                    writer.writerow([row["model"], split, modality, metric, f"{value:.6f}"])
+                for metric, stats in per_modality.get(modality, {}).items():
+                    writer.writerow([row["model"], split, modality, metric,
+                                     f"{stats['mean']:.6f}", f"{stats['std']:.6f}", stats["n"]])
     return buffer.getvalue()
 
 
 def results_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Markdown table of the headline test metric per model and modality."""
+    """Markdown table of the headline test metric (mean ± std) per model and modality."""
     metric = metric_name(rows)
-    lines = [f"Test {metric} of a logistic-regression probe on frozen encoders "
-             "(regularisation chosen on validation).", "",
+    n = rows[0]["metrics"]["test"][columns[0]][metric]["n"]
+    lines = [f"Test {metric} of a logistic-regression probe on frozen encoders (regularisation "
+             f"chosen on validation); mean ± std over {n} run(s) (folds × seeds).", "",
              "| model | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for row in rows:
         test = row["metrics"]["test"]
-        cells = [f"{test[c][metric]:.4f}" if c in test else "–" for c in columns]
+        cells = []
+        for column in columns:
+            if column not in test:
+                cells.append("–")
+                continue
+            stats = test[column][metric]
+            cells.append(f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}"
+                                                  if stats["n"] > 1 else ""))
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
-    """Grouped bar chart of the headline test metric, written atomically as PNG."""
+    """Grouped bars of the headline test metric (error bars: std), written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,13 +227,17 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: 
     width = 0.8 / len(columns)
     x = np.arange(len(models))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(models) + 2), 4.2), dpi=120)
+    nan = {"mean": np.nan, "std": 0.0, "n": 0}
     for k, column in enumerate(columns):
-        values = [row["metrics"]["test"].get(column, {}).get(metric, np.nan) for row in rows]
-        bars = ax.bar(x + (k - (len(columns) - 1) / 2) * width, values, width, label=column)
+        stats = [row["metrics"]["test"].get(column, {}).get(metric, nan) for row in rows]
+        means = [s["mean"] for s in stats]
+        errors = [s["std"] if s["n"] > 1 else 0.0 for s in stats]
+        bars = ax.bar(x + (k - (len(columns) - 1) / 2) * width, means, width, label=column,
+                      yerr=errors if any(errors) else None, capsize=2)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
     ax.set_xticks(x, models, rotation=20, ha="right")
     ax.set_ylabel(f"test {metric.replace('_', ' ')}")
-    values = [row["metrics"]["test"][c][metric] for row in rows for c in columns
+    values = [row["metrics"]["test"][c][metric]["mean"] for row in rows for c in columns
               if c in row["metrics"]["test"]]
     low = min(values) if values else 0.0
     ax.set_ylim(max(0.0, low - 0.1), 1.0)

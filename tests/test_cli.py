@@ -53,15 +53,15 @@ def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| CR |" in table and "| RR |" in table and "joint" in table
     csv_text = (out / "results.csv").read_text()
-    assert csv_text.splitlines()[0] == "model,split,modality,metric,value"
+    assert csv_text.splitlines()[0] == "model,split,modality,metric,mean,std,n"
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "results.md" in printed and "accuracy.png" in printed
     # Re-running skips finished runs (their metrics files are untouched).
-    stamp = (out / "CR" / "metrics.json").stat().st_mtime_ns
+    stamp = (out / "CR" / "fold0-seed343" / "metrics.json").stat().st_mtime_ns
     assert main(["sweep", "--objectives", "CR,RR", "--data-dir", str(tiny_mnist_dir),
                  "--out", str(out), *TINY]) == 0
-    assert (out / "CR" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (out / "CR" / "fold0-seed343" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,27 @@ def test_list_shows_everything(capsys):
     printed = capsys.readouterr().out
     for word in ("CR-XX-CC-RR", "taxonomy", "two_view_mnist", "quick"):
         assert word in printed
+
+
+def test_sweep_over_folds_and_seeds_aggregates_mean_and_std(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--objectives", "RR", "--folds", "0,1", "--seeds", "1,2",
+                 "--data-dir", str(tiny_mnist_dir), "--out", str(out), *TINY]) == 0
+    runs = sorted(p.name for p in (out / "RR").iterdir())
+    assert runs == ["fold0-seed1", "fold0-seed2", "fold1-seed1", "fold1-seed2"]
+    values = [json.loads((out / "RR" / r / "metrics.json").read_text())["test"]["joint"]
+              ["accuracy"] for r in runs]
+    import numpy as np
+    table = (out / "results.md").read_text()
+    assert f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in table
+    assert "over 4 run(s)" in table
+    assert len((out / "runs.csv").read_text().splitlines()) > 4 * 3
+
+
+def test_aggregate_mean_std():
+    from mmssl.sweep import aggregate
+
+    runs = [{"model": "X", "metrics": {"test": {"a": {"accuracy": v}}}} for v in (0.5, 0.7, 0.9)]
+    stats = aggregate(runs)[0]["metrics"]["test"]["a"]["accuracy"]
+    assert stats["mean"] == pytest.approx(0.7) and stats["std"] == pytest.approx(0.2)
+    assert stats["n"] == 3
