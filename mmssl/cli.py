@@ -283,6 +283,10 @@ def cmd_list(args: Any) -> int:
     return 0
 
 
+#: the subcommand parsers of the last :func:`build_parser` call, for error messages
+SUBCOMMANDS: dict[str, ArgumentParser] = {}
+
+
 def build_parser() -> ArgumentParser:
     """The full command-line parser."""
     parser = ArgumentParser(prog="mmssl", description="Multimodal self-supervised learning: "
@@ -296,10 +300,12 @@ def build_parser() -> ArgumentParser:
         command.add_argument("--resume", action="store_true",
                              help="continue the run in --out from its last checkpoint")
         sub.add_subcommand(name, command, help=help_text)
+        SUBCOMMANDS[name] = command
     evaluate = ArgumentParser(description="linear evaluation of a pretrained run",
                               exit_on_error=False)
     evaluate.add_argument("run_dir", type=str)
     evaluate.add_argument("--device", type=str | None, default=None)
+    SUBCOMMANDS["evaluate"] = evaluate
     sub.add_subcommand("evaluate", evaluate, help="linear evaluation of a run directory")
     sweep = ArgumentParser(description="several objectives, one table and figure",
                            exit_on_error=False)
@@ -313,6 +319,7 @@ def build_parser() -> ArgumentParser:
                        help="seeds to run, e.g. 1,2,3 (default: --seed)")
     _config_flags(sweep, objective=False)
     sweep.add_argument("--out", type=str, required=True, help="sweep directory")
+    SUBCOMMANDS["sweep"] = sweep
     sub.add_subcommand("sweep", sweep, help="run several objectives and compare them")
     generate = ArgumentParser(description="inputs and (cross-modal) generations as a PNG grid",
                               exit_on_error=False)
@@ -320,6 +327,7 @@ def build_parser() -> ArgumentParser:
     generate.add_argument("--n", type=int, default=10, help="examples per row")
     generate.add_argument("--split", type=str, default="test", help="train, val or test")
     generate.add_argument("--device", type=str | None, default=None)
+    SUBCOMMANDS["generate"] = generate
     sub.add_subcommand("generate", generate, help="PNG grid of reconstructions/generations")
     simulate = ArgumentParser(description="write a synthetic T1 + fALFF cohort with ground truth",
                               exit_on_error=False)
@@ -330,6 +338,7 @@ def build_parser() -> ArgumentParser:
     simulate.add_argument("--patient-fraction", type=float, default=0.5)
     simulate.add_argument("--unlabelled-fraction", type=float, default=0.0)
     simulate.add_argument("--voxel-size", type=float, default=3.0, help="mm (MNI grid)")
+    SUBCOMMANDS["simulate"] = simulate
     sub.add_subcommand("simulate", simulate, help="synthetic multimodal brain cohort")
     saliency = ArgumentParser(description="SmoothGrad maps of the probe in brain space",
                               exit_on_error=False)
@@ -340,6 +349,7 @@ def build_parser() -> ArgumentParser:
     saliency.add_argument("--latent-dims", type=str | None, default=None,
                           help="also map these latent units, e.g. 0,5")
     saliency.add_argument("--device", type=str | None, default=None)
+    SUBCOMMANDS["saliency"] = saliency
     sub.add_subcommand("saliency", saliency, help="brain maps of what drives the probe")
     links = ArgumentParser(description="CCA links between modalities, mapped to the brain",
                            exit_on_error=False)
@@ -352,6 +362,7 @@ def build_parser() -> ArgumentParser:
                        help="reduce each representation to this many PCA components first "
                        "(fitted on train; 0 = off)")
     links.add_argument("--device", type=str | None, default=None)
+    SUBCOMMANDS["links"] = links
     sub.add_subcommand("links", links, help="multimodal links through a shared subspace")
     sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
                        help="objectives, methods, datasets and presets")
@@ -385,8 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except Exception as error:  # jsonargparse's ArgumentError
         command = next((a for a in argv if not a.startswith("-")), "")
-        console.print(f"[red]mmssl: error:[/red] {error}; see `mmssl {command} --help`".replace(
-            "  ", " "), highlight=False)
+        message = " ".join(str(error).split())
+        subcommand = SUBCOMMANDS.get(command)
+        if subcommand is not None and "nrecognized argument" in message:
+            flags = sorted({o for a in subcommand._actions for o in a.option_strings
+                            if o.startswith("--") and o != "--help"})
+            message += f"; valid flags of `mmssl {command}`: {', '.join(flags)}"
+        console.print(f"[red]mmssl: error:[/red] {message}; see `mmssl {command} --help`",
+                      highlight=False, soft_wrap=True)
         return 2
     command = args.command
     sub_args = args.get(command) if command else None

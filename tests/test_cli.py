@@ -72,7 +72,7 @@ def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
         (["run", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["run", "--fold", "9"], "data.fold: must be in 0..4"),
         (["run", "--modalities", "rotated,blurry"], "blurry"),
-        (["run", "--bogus", "1"], "--bogus"),
+        (["run", "--bogus", "1"], "valid flags of `mmssl run`: --accelerator, --batch-size"),
         (["sweep", "--objectives", "CR,CR", "--out", "x"], "listed twice"),
         (["evaluate", "/nonexistent/run"], "not a run directory"),
     ],
