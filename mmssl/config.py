@@ -170,6 +170,11 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     checkpoint: Literal["best", "last"] = "last"
+    #: data-parallel settings: Lightning picks DDP for devices > 1 (or num_nodes > 1);
+    #: contrastive negatives are then gathered from every process.
+    num_nodes: int = 1
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
 
 
 @dataclass

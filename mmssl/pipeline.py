@@ -224,6 +224,9 @@ def _trainer(config: RunConfig, run: RunDir, extra_callbacks: list[Any] | None =
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
         precision=trainer_cfg.precision,  # type: ignore[arg-type]
+        num_nodes=trainer_cfg.num_nodes,
+        strategy=trainer_cfg.strategy,
+        sync_batchnorm=trainer_cfg.sync_batchnorm,
         logger=CSVLogger(save_dir=run.root, name="", version=""),
         callbacks=callbacks,
         default_root_dir=run.root,

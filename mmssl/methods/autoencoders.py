@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -170,5 +170,6 @@ class RRAEMethod(_AEWithHeads):
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         terms, zs = self.reconstruction_terms(batch)
-        rr = taxonomy_loss({}, self.heads(zs), Objective(("RR",)), estimator=self.estimator)
+        estimator = replace(self.estimator, gather=self.distributed)
+        rr = taxonomy_loss({}, self.heads(zs), Objective(("RR",)), estimator=estimator)
         return self.reconstruction_loss(terms) + rr.total, {**terms, **rr.terms}

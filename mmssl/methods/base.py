@@ -156,6 +156,12 @@ class MultimodalMethod(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
 
+    @property
+    def distributed(self) -> bool:
+        """Whether training runs in several processes (contrastive terms then gather)."""
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
+
     def probe_encoders(self) -> dict[str, dict[str, nn.Module]]:
         """Modules mapping each modality's input to the representation a probe evaluates.
 

@@ -54,8 +54,8 @@ class CRCCAMethod(TaxonomyMethod):
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         local, global_, zs = self.encode_all(batch)
-        result = taxonomy_loss(local, global_, self.objective, estimator=self.estimator,
-                               generator=generator)
+        result = taxonomy_loss(local, global_, self.objective,
+                               estimator=self.gathering_estimator(), generator=generator)
         correlated = global_ if self.cca.get("on", "head") == "head" else zs
         terms = dcca_terms(correlated, self.cca)
         weight = float(self.cca.get("weight", 1.0))

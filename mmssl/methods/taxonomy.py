@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -72,6 +72,10 @@ class TaxonomyMethod(MultimodalMethod):
         return {**super().config_kwargs(config, input_shapes, num_classes),
                 "objective": asdict(config.objective)}
 
+    def gathering_estimator(self) -> EstimatorSettings:
+        """The estimator, taking negatives from every process under data-parallel training."""
+        return replace(self.estimator, gather=self.distributed)
+
     def global_features(self, modality: str, z: Tensor) -> Tensor:
         """R: the projected global representation."""
         return cast(Tensor, self.global_heads[modality](z))
@@ -96,7 +100,8 @@ class TaxonomyMethod(MultimodalMethod):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         local, global_, _ = self.encode_all(batch)
         result = taxonomy_loss(
-            local, global_, self.objective, estimator=self.estimator, weights=self.weights,
+            local, global_, self.objective, estimator=self.gathering_estimator(),
+            weights=self.weights,
             weight_penalty=self.weight_penalty, generator=generator,
         )
         return result.total, result.terms

@@ -45,7 +45,7 @@ def critic_scores(anchors: Tensor, candidates: Tensor, critic: Critic = "scaled_
             f"anchors and candidates must be (batch, channels, locations); got "
             f"{tuple(anchors.shape)} and {tuple(candidates.shape)}"
         )
-    if anchors.shape[:2] != candidates.shape[:2]:
+    if anchors.shape[1] != candidates.shape[1] or anchors.shape[0] > candidates.shape[0]:
         raise ValueError(
             f"anchors {tuple(anchors.shape)} and candidates {tuple(candidates.shape)} must share "
             "batch size and channel count"
@@ -63,6 +63,51 @@ def critic_scores(anchors: Tensor, candidates: Tensor, critic: Critic = "scaled_
     return torch.einsum("icb,jca->ijab", anchors, candidates) * scale
 
 
+def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
+    """Concatenate ``tensor`` from every process along dim 0, keeping gradients.
+
+    Returns the global tensor and the offset of this process's rows in it. Without an
+    initialised process group (or with one process) it returns ``(tensor, 0)``. The backward
+    sums the gradients that every process's loss sends to each process's rows, so with DDP's
+    gradient averaging the update equals that of the loss on the global batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device)
+             for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    if len({int(size) for size in sizes}) != 1:
+        raise ValueError(
+            "cross-process negatives need the same batch size on every process; got "
+            f"{[int(size) for size in sizes]} (use drop_last=True)"
+        )
+    return _AllGather.apply(tensor.contiguous()), dist.get_rank() * tensor.shape[0]
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every process's gradient of its rows."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rows = grad.shape[0] // dist.get_world_size()
+        rank = dist.get_rank()
+        return grad[rank * rows:(rank + 1) * rows]
+
+
 def infonce(
     anchors: Tensor,
     candidates: Tensor,
@@ -71,6 +116,7 @@ def infonce(
     clip: float | None = 20.0,
     penalty_weight: float = 0.04,
     temperature: float = 1.0,
+    gather: bool = False,
 ) -> InfoNCEResult:
     r"""AMDIM-style InfoNCE between anchors and candidate locations.
 
@@ -105,22 +151,38 @@ def infonce(
         clip: c of the tanh soft clip (20 in the paper); ``None`` disables it.
         penalty_weight: w of the L2 penalty on raw scores (0.04 in the paper).
         temperature: only for the cosine critic.
+        gather: under data-parallel training, take the candidates of every process (with
+            gradients, :func:`gather_with_grad`), so each local anchor has the negatives of
+            the global batch; the mean over processes then equals the global-batch loss.
 
     Returns:
         :class:`InfoNCEResult` with the scalar loss and the scalar penalty (0 if w = 0).
     """
+    if anchors.dim() == 3 and candidates.dim() == 3 and anchors.shape[0] != candidates.shape[0]:
+        raise ValueError(
+            f"anchors {tuple(anchors.shape)} and candidates {tuple(candidates.shape)} must share "
+            "batch size and channel count"
+        )
+    offset = 0
+    if gather:
+        candidates, offset = gather_with_grad(candidates)
     batch = anchors.shape[0]
-    if batch < 2:
-        raise ValueError(f"InfoNCE needs at least 2 samples per batch for negatives; got {batch}")
+    if candidates.shape[0] < 2:
+        raise ValueError(
+            f"InfoNCE needs at least 2 samples per batch for negatives; got {candidates.shape[0]}"
+        )
     raw = critic_scores(anchors, candidates, critic, temperature)
     penalty = penalty_weight * raw.pow(2).mean() if penalty_weight else raw.new_zeros(())
     scores = clip * torch.tanh(raw / clip) if clip is not None else raw
-    # Positives: s[i, i, a, b] for every location pair of the same sample → (B, L_x, L_y).
-    positives = torch.diagonal(scores, dim1=0, dim2=1).permute(2, 0, 1)
+    # Positives: s[i, offset + i, a, b] for every location pair of the same sample.
+    own = scores[:, offset:offset + batch]
+    positives = torch.diagonal(own, dim1=0, dim2=1).permute(2, 0, 1)  # (B, L_x, L_y)
     # Negatives: log-sum-exp over candidate sample j ≠ i and all location pairs.
-    per_pair = torch.logsumexp(scores.flatten(2), dim=2)  # (B, B): anchor i, candidate j
-    off_diagonal = torch.eye(batch, dtype=torch.bool, device=scores.device)
-    negatives = torch.logsumexp(per_pair.masked_fill(off_diagonal, float("-inf")), dim=1)
+    per_pair = torch.logsumexp(scores.flatten(2), dim=2)  # (B, B_all): anchor i, candidate j
+    same_sample = torch.zeros_like(per_pair, dtype=torch.bool)
+    same_sample[:, offset:offset + batch] = torch.eye(batch, dtype=torch.bool,
+                                                      device=scores.device)
+    negatives = torch.logsumexp(per_pair.masked_fill(same_sample, float("-inf")), dim=1)
     loss = F.softplus(negatives[:, None, None] - positives).mean()
     return InfoNCEResult(loss=loss, penalty=penalty)
 
@@ -141,6 +203,8 @@ def infonce_with_masks(
     """
     batch, _, n_cand = candidates.shape
     n_anchor = anchors.shape[2]
+    if anchors.shape[0] != batch:
+        raise ValueError("the mask-based oracle needs as many anchors as candidates")
     raw = critic_scores(anchors, candidates, critic, temperature)
     penalty = penalty_weight * raw.pow(2).mean() if penalty_weight else raw.new_zeros(())
     scores = clip * torch.tanh(raw / clip) if clip is not None else raw

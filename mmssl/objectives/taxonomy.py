@@ -104,6 +104,8 @@ class EstimatorSettings:
     clip: float | None = 20.0
     penalty_weight: float = 0.04
     temperature: float = 1.0
+    #: take the candidates of every process (data-parallel training; no-op otherwise)
+    gather: bool = False
 
     def __post_init__(self) -> None:
         if self.critic not in CRITICS:
@@ -123,6 +125,7 @@ class EstimatorSettings:
             clip=self.clip,
             penalty_weight=self.penalty_weight,
             temperature=self.temperature,
+            gather=self.gather,
         )
 
 
