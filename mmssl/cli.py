@@ -205,7 +205,8 @@ def cmd_simulate(args: Any) -> int:
     settings = SimulationSettings(
         subjects=args.subjects, seed=args.seed, sessions=args.sessions,
         patient_fraction=args.patient_fraction, unlabelled_fraction=args.unlabelled_fraction,
-        voxel_size=args.voxel_size,
+        voxel_size=args.voxel_size, t1_effect=args.t1_effect, falff_effect=args.falff_effect,
+        noise=args.noise,
     )
     manifest = simulate_cohort(Path(args.out), settings)
     console.print(f"simulated cohort: {manifest}", soft_wrap=True)
@@ -338,6 +339,11 @@ def build_parser() -> ArgumentParser:
     simulate.add_argument("--patient-fraction", type=float, default=0.5)
     simulate.add_argument("--unlabelled-fraction", type=float, default=0.0)
     simulate.add_argument("--voxel-size", type=float, default=3.0, help="mm (MNI grid)")
+    simulate.add_argument("--t1-effect", type=float, default=0.6,
+                          help="grey-matter loss at full severity in the T1 regions")
+    simulate.add_argument("--falff-effect", type=float, default=0.3,
+                          help="fALFF amplitude decrease at full severity in its regions")
+    simulate.add_argument("--noise", type=float, default=0.05, help="smooth noise amplitude")
     SUBCOMMANDS["simulate"] = simulate
     sub.add_subcommand("simulate", simulate, help="synthetic multimodal brain cohort")
     saliency = ArgumentParser(description="SmoothGrad maps of the probe in brain space",

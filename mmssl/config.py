@@ -449,6 +449,22 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def save_figure(figure: Any, path: Path) -> Path:
+    """Save a matplotlib figure as PNG via a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(figure)
+    return path
+
+
 def save(config: RunConfig, path: Path) -> None:
     """Save the resolved configuration as YAML, atomically."""
     write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,5 +1,5 @@
 """benchmarks/throughput.py runs end to end (all three parts) and its estimator and mask-based
-losses agree.
+losses agree; benchmarks/neuro.py runs end to end in quick mode.
 
 Only structure and agreement are checked, never timings (they depend on the machine's load).
 """
@@ -16,12 +16,12 @@ from types import ModuleType
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+NEURO_SCRIPT = SCRIPT.with_name("neuro.py")
 
 
-def load_script() -> ModuleType:
+def load_script(script: Path = SCRIPT, name: str = "mmssl_benchmarks_throughput") -> ModuleType:
     # benchmarks/ is not a package: load the script by path (registered first for dataclasses).
-    name = "mmssl_benchmarks_throughput"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    spec = importlib.util.spec_from_file_location(name, script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -88,3 +88,59 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     assert reference in {"ae", "mmvae K=2"}
     assert all(row["reference"] == reference for row in methods)
     assert min(row["slowdown"] for row in methods) == 1.0
+
+
+def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
+    neuro = load_script(NEURO_SCRIPT, "mmssl_benchmarks_neuro")
+    out, figure, work = tmp_path / "neuro.json", tmp_path / "fig" / "neuro.png", tmp_path / "w"
+    threads = torch.get_num_threads()
+    returned = neuro.main([
+        "--quick", "--subjects", "6", "--device", "cpu", "--threads", "1", "--repeats", "1",
+        "--warmup", "0", "--split-files", "1", "--workdir", str(work), "--json", str(out),
+        "--figure", str(figure),
+    ])
+    assert torch.get_num_threads() == threads
+    results = json.loads(out.read_text())
+    assert results == json.loads(json.dumps(returned))
+    assert set(results) == {"meta", "preprocessing", "loading", "training", "fed", "figure",
+                            "notes"}
+    meta = results["meta"]
+    assert meta["device"] == "cpu" and meta["threads"] == 1 and meta["quick"] is True
+    assert (meta["subjects"], meta["volumes"], meta["sizes"]) == (6, 12, [32])
+    assert meta["batch_sizes"] == [2, 4] and meta["load_batch_sizes"] == [2, 4]
+    assert "profiler" in meta["memory_method"]
+    assert list(work.iterdir()) == []  # the simulated cohort and its caches are gone
+
+    def positive(row, keys):
+        for key in keys:
+            assert isinstance(row[key], int | float), key
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+
+    # The paper grid, the 2 mm grid and the training grid, each preprocessed cold then warm.
+    prep = results["preprocessing"]
+    assert [(r["size"], r["voxel_size"]) for r in prep] == [(32, 6.0), (64, 3.0), (96, 2.0)]
+    for row in prep:
+        assert row["volumes"] == 12 and math.isfinite(row["other_ms"]) and row["mask_s"] >= 0
+        positive(row, ("cold_s", "cold_volumes_per_s", "hash_ms", "validate_ms",
+                       "preprocess_ms", "warm_s", "warm_volumes_per_s", "warm_speedup",
+                       "cache_bytes"))
+
+    training = results["training"]
+    assert sorted((r["objective"], r["batch_size"]) for r in training) == [
+        ("CR-XX-CC-RR", 2), ("CR-XX-CC-RR", 4), ("RR", 2), ("RR", 4)]
+    for row in training:
+        assert row["size"] == 32 and row["tap"] == "block1" and math.isfinite(row["loss"])
+        positive(row, ("parameters", "step_ms", "volumes_per_s", "pairs_per_s", "peak_bytes"))
+        assert math.isclose(row["volumes_per_s"], 2 * row["pairs_per_s"])
+
+    loading = results["loading"]
+    assert [(r["size"], r["batch_size"]) for r in loading] == [(32, 2), (32, 4)]
+    for row in loading:
+        assert row["batches_per_epoch"] == 6 // row["batch_size"]
+        assert row["step_source"] == "measured"
+        assert row["fed"] in {"yes", "no", "only CR-XX-CC-RR", "only RR"}
+        positive(row, ("fetch_ms", "augment_ms", "load_ms", "volumes_per_s", "batches_per_s",
+                       "step_ms", "step_rr_ms", "ratio", "ratio_rr"))
+
+    assert results["figure"] == str(figure)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

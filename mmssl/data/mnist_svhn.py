@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmssl.data.mnist import MNIST_FILES, _candidates, load_mnist
 from mmssl.data.splits import check_fold, stratified_fold
-from mmssl.data.two_view_mnist import EVAL_SPLITS, EpochShuffleSampler, collate_tensor_dict
+from mmssl.data.two_view_mnist import EVAL_SPLITS, EpochShuffleSampler, tensor_dict_loader
 from mmssl.data.views import IMAGE_SIZE, derive_seed
 
 __all__ = [
@@ -631,16 +631,8 @@ class MnistSvhnDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
                 sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_tensor_dict,
-        )
+        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
+                                  sampler=sampler, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training pairs; the order is a function of (seed, epoch), last batch dropped.

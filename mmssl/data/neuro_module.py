@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmssl.data.neuro import Cohort, Preprocessing, load_cohort
 from mmssl.data.splits import subject_splits
-from mmssl.data.two_view_mnist import EpochShuffleSampler
+from mmssl.data.two_view_mnist import EpochShuffleSampler, tensor_dict_loader
 from mmssl.data.views import derive_seed
 from mmssl.data.volume_views import shared_crop_flip
 
@@ -44,9 +44,10 @@ class CohortDataset(Dataset[dict[str, Tensor]]):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self.__getitems__([index])[0]
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Tensor]]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """A whole batch in one read per modality (rows sorted for the memmap)."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(rows)  # memmaps read fastest in file order
         batch: dict[str, Tensor] = {}
@@ -57,11 +58,7 @@ class CohortDataset(Dataset[dict[str, Tensor]]):
         batch["label"] = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.with_index:
             batch["index"] = torch.from_numpy(rows)
-        return [{k: v[i] for k, v in batch.items()} for i in range(len(rows))]
-
-
-def _stack(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        return batch
 
 
 class NeuroDataModule(L.LightningDataModule):
@@ -198,8 +195,7 @@ class NeuroDataModule(L.LightningDataModule):
                              with_index=with_index)
 
     def _loader(self, dataset: CohortDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          collate_fn=_stack, persistent_workers=self.num_workers > 0, **kwargs)
+        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("pretrain", with_index=True)

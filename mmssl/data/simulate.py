@@ -193,8 +193,8 @@ class SimulationSettings:
     sessions: int = 1
     unlabelled_fraction: float = 0.0
     voxel_size: float = 3.0
-    t1_effect: float = 0.35
-    falff_effect: float = 0.5
+    t1_effect: float = 0.6
+    falff_effect: float = 0.3
     noise: float = 0.05
     misregistration_mm: float = 1.5
     label_names: tuple[str, str] = ("CN", "AD")

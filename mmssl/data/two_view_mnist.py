@@ -150,6 +150,22 @@ def collate_tensor_dict(batch: Any) -> Any:
     return batch
 
 
+def tensor_dict_loader(dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
+                       num_workers: int = 0, sampler: Sampler[int] | None = None,
+                       drop_last: bool = False) -> DataLoader:
+    """A loader over a batch-fetching dataset (``__getitems__``) in dataset or sampler order."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_tensor_dict,
+    )
+
+
 class EpochShuffleSampler(Sampler[int]):
     """Shuffles ``range(num_samples)`` with a permutation that depends only on (seed, epoch).
 
@@ -423,16 +439,8 @@ class TwoViewMnistDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: TensorDictDataset, batch_size: int, *,
                 sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_tensor_dict,
-        )
+        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
+                                  sampler=sampler, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``{"image", "label", "index"}`` (views come later).

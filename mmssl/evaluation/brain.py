@@ -269,7 +269,6 @@ def _scatter(variates: dict[str, np.ndarray], labels: np.ndarray, pair: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 4.0), dpi=110)
     for label in np.unique(labels):
         keep = labels == label
@@ -280,8 +279,4 @@ def _scatter(variates: dict[str, np.ndarray], labels: np.ndarray, pair: list[str
     ax.set_title("Test subjects in the shared subspace")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    return str(cfg.save_figure(fig, path))

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmssl.config import save_figure
+
 
 def _as_rgb(images: Tensor) -> np.ndarray:
     """(N, C, H, W) in [0, 1] → (N, H, W, 3) for display."""
@@ -57,11 +59,7 @@ def save_grid(rows: list[tuple[str, Tensor]], path: Path, title: str) -> None:
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ _SplitData = tuple[ArrayLike, ArrayLike]
 # --------------------------------------------------------------------------------------------
 
 
-def _embedding(out: Any, modality: str) -> Tensor:
+def embedding(out: Any, modality: str = "?") -> Tensor:
     """The (B, D) embedding from an encoder output: the tensor itself or its ``.z`` attribute."""
     z = out if isinstance(out, Tensor) else getattr(out, "z", None)
     if not isinstance(z, Tensor):
@@ -143,7 +143,7 @@ def extract_features(
                     x = batch[name]
                     if isinstance(x, Tensor):
                         x = x.to(dev, non_blocking=True)
-                    z = _embedding(encoder(x), name)
+                    z = embedding(encoder(x), name)
                     if z.shape[0] != y.shape[0]:
                         raise ValueError(
                             f"batch {i}: modality {name!r} gave {z.shape[0]} embeddings for "

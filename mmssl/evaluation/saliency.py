@@ -46,7 +46,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
-from mmssl.evaluation.probe import ProbeResult
+from mmssl.evaluation.probe import ProbeResult, embedding
 
 __all__ = [
     "LatentUnit",
@@ -67,15 +67,7 @@ __all__ = [
 
 def _latent(out: Any) -> Tensor:
     """The (B, D) representation from an encoder output: the tensor itself or its ``.z``."""
-    z = out if isinstance(out, Tensor) else getattr(out, "z", None)
-    if not isinstance(z, Tensor):
-        raise TypeError(
-            f"encoder returned {type(out).__name__}; expected a tensor or an object with a "
-            "tensor attribute `.z`"
-        )
-    if z.dim() != 2:
-        raise ValueError(f"encoder returned a latent of shape {tuple(z.shape)}; expected (B, D)")
-    return z
+    return embedding(out, "saliency input")
 
 
 def _vector(name: str, value: ArrayLike, length: int | None = None) -> Tensor:
