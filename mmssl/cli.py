@@ -188,6 +188,8 @@ def cmd_sweep(args: Any) -> int:
     console.print(table)
     console.print(f"table: {result.table_md} and {result.table_csv}", soft_wrap=True)
     console.print(f"figure: {result.figure}", soft_wrap=True)
+    if result.mode_figure:
+        console.print(f"mode effects: {result.mode_figure}", soft_wrap=True)
     return 0
 
 

@@ -33,6 +33,7 @@ class SweepResult:
     table_csv: Path | None = None
     table_md: Path | None = None
     figure: Path | None = None
+    mode_figure: Path | None = None
 
 
 def sweep_configs(
@@ -127,7 +128,76 @@ def run_sweep(
     write_atomic(result.table_md, results_markdown(rows, columns))
     result.figure = out / "accuracy.png"
     plot_accuracy(rows, columns, result.figure)
+    effects = mode_effects(rows, columns)
+    if effects:
+        write_atomic(out / "mode_effects.json", json.dumps(effects, indent=2) + "\n")
+        result.mode_figure = out / "mode_effects.png"
+        plot_mode_effects(effects, columns, result.mode_figure)
     return result
+
+
+def mode_effects(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
+    """How adding each mode shifts the test score: the paper's "composition matters".
+
+    For every mode M and every taxonomy model O without M such that O+M was also run, the
+    effect is score(O+M) − score(O) (mean over folds and seeds); per mode and representation
+    it is averaged over those pairs. Returns ``{mode: {column: {"mean", "pairs"}}}`` for the
+    modes with at least one pair.
+    """
+    from mmssl.objectives.taxonomy import MODES, ObjectiveError
+
+    metric = metric_name(rows)
+    scores: dict[frozenset[str], dict[str, float]] = {}
+    for row in rows:
+        try:
+            modes = frozenset(Objective.parse(row["model"]).modes)
+        except ObjectiveError:
+            continue  # a baseline, not a taxonomy model
+        scores[modes] = {c: row["metrics"]["test"][c][metric]["mean"]
+                         for c in columns if c in row["metrics"]["test"]}
+    effects: dict[str, Any] = {}
+    for mode in MODES:
+        per_column: dict[str, list[float]] = {}
+        for modes, values in scores.items():
+            with_mode = modes | {mode}
+            if mode in modes or with_mode not in scores:
+                continue
+            for column, value in values.items():
+                if column in scores[with_mode]:
+                    per_column.setdefault(column, []).append(scores[with_mode][column] - value)
+        if per_column:
+            effects[mode] = {c: {"mean": sum(v) / len(v), "pairs": len(v)}
+                             for c, v in per_column.items()}
+    return effects
+
+
+def plot_mode_effects(effects: dict[str, Any], columns: Sequence[str], path: Path) -> None:
+    """Heat map: modes × representations, colour = mean change of the test score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modes = list(effects)
+    grid = np.array([[effects[m].get(c, {}).get("mean", np.nan) for c in columns]
+                     for m in modes])
+    limit = float(np.nanmax(np.abs(grid))) or 1.0
+    fig, ax = plt.subplots(figsize=(1.4 * len(columns) + 2.2, 0.6 * len(modes) + 1.6), dpi=120)
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i, mode in enumerate(modes):
+        for j, column in enumerate(columns):
+            entry = effects[mode].get(column)
+            if entry:
+                ax.text(j, i, f"{entry['mean']:+.3f}\n({entry['pairs']})", ha="center",
+                        va="center", fontsize=7)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(modes)), [f"+{m}" for m in modes])
+    ax.set_title("Change of the test score when a mode is added\n(mean over model pairs)",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    cfg.save_figure(fig, path)
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

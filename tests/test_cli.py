@@ -112,3 +112,20 @@ def test_aggregate_mean_std():
     stats = aggregate(runs)[0]["metrics"]["test"]["a"]["accuracy"]
     assert stats["mean"] == pytest.approx(0.7) and stats["std"] == pytest.approx(0.2)
     assert stats["n"] == 3
+
+
+def test_mode_effects_are_differences_of_paired_models():
+    from mmssl.sweep import mode_effects
+
+    def row(model, value):
+        return {"model": model, "metrics": {"test": {"a": {"accuracy": {
+            "mean": value, "std": 0.0, "n": 1}}}}}
+
+    rows = [row("CR", 0.5), row("CR-XX", 0.8), row("XX", 0.7), row("XX-RR", 0.6),
+            row("RR", 0.65), row("supervised", 0.99)]
+    effects = mode_effects(rows, ["a"])
+    # XX added to CR (+0.3) and to RR (0.6 − 0.65): two pairs.
+    assert effects["XX"]["a"] == {"mean": pytest.approx(0.125), "pairs": 2}
+    assert effects["CR"]["a"] == {"mean": pytest.approx(0.1), "pairs": 1}  # XX → CR-XX
+    assert effects["RR"]["a"] == {"mean": pytest.approx(-0.1), "pairs": 1}  # XX → XX-RR
+    assert "CC" not in effects
