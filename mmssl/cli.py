@@ -177,7 +177,13 @@ def cmd_sweep(args: Any) -> int:
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     folds = _int_list(args.folds, "--folds", all_value=list(range(base.data.num_folds)))
     seeds = _int_list(args.seeds, "--seeds")
-    result = run_sweep(base, objectives, Path(args.out), methods, folds=folds, seeds=seeds)
+    from mmssl.sweep import Launcher
+
+    launcher = Launcher(kind=args.launcher, jobs=args.jobs, slurm_partition=args.slurm_partition,
+                        slurm_gpus=args.slurm_gpus, slurm_cpus=args.slurm_cpus,
+                        slurm_minutes=args.slurm_minutes)
+    result = run_sweep(base, objectives, Path(args.out), methods, folds=folds, seeds=seeds,
+                       launcher=launcher)
     assert result.table_md and result.table_csv and result.figure
     table = Table(title=f"Sweep {args.out}: {result.table_md.read_text().splitlines()[0]}")
     header, _, *body = result.table_md.read_text().splitlines()[2:]
@@ -320,6 +326,13 @@ def build_parser() -> ArgumentParser:
                        help="folds to run, e.g. 0,1,2 or all (default: --fold)")
     sweep.add_argument("--seeds", type=str | None, default=None,
                        help="seeds to run, e.g. 1,2,3 (default: --seed)")
+    sweep.add_argument("--launcher", type=str, default="sequential",
+                       help="sequential (default), local (--jobs at a time) or slurm (submitit)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (local, slurm)")
+    sweep.add_argument("--slurm-partition", type=str | None, default=None)
+    sweep.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
+    sweep.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run")
+    sweep.add_argument("--slurm-minutes", type=int, default=240, help="time limit per run")
     _config_flags(sweep, objective=False)
     sweep.add_argument("--out", type=str, required=True, help="sweep directory")
     SUBCOMMANDS["sweep"] = sweep

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,75 @@ def sweep_configs(
     return configs
 
 
+@dataclass
+class Launcher:
+    """Where a sweep's runs execute.
+
+    ``sequential`` runs them one after the other in this process; ``local`` runs ``jobs`` at a
+    time in subprocesses and ``slurm`` submits them as a SLURM job array, both through
+    submitit (an existing engine: no scheduler of our own). Logs of submitted jobs go to
+    ``<sweep>/.submitit``.
+    """
+
+    kind: str = "sequential"
+    jobs: int = 1
+    slurm_partition: str | None = None
+    slurm_gpus: int = 0
+    slurm_cpus: int = 4
+    slurm_minutes: int = 240
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sequential", "local", "slurm"):
+            raise cfg.ConfigError(f"--launcher {self.kind!r}: valid: sequential, local, slurm")
+        if self.jobs < 1:
+            raise cfg.ConfigError(f"--jobs must be ≥ 1; got {self.jobs}")
+
+    def run_all(self, work: list[tuple[RunConfig | None, Path, bool]], folder: Path) -> None:
+        """Run every (config, run directory, resume) entry; raise if any failed."""
+        if not work:
+            return
+        if self.kind == "sequential":
+            for config, run_dir, resume in work:
+                run(config, run_dir, resume=resume)
+            return
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=folder / ".submitit",
+                                         cluster="local" if self.kind == "local" else "slurm")
+        if self.kind == "slurm":
+            executor.update_parameters(
+                timeout_min=self.slurm_minutes, cpus_per_task=self.slurm_cpus,
+                gpus_per_node=self.slurm_gpus, slurm_array_parallelism=self.jobs,
+                **({"slurm_partition": self.slurm_partition} if self.slurm_partition else {}),
+            )
+        else:
+            executor.update_parameters(timeout_min=self.slurm_minutes)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        failures = []
+        waves = [work] if self.kind == "slurm" else [
+            work[i:i + self.jobs] for i in range(0, len(work), self.jobs)]
+        for wave in waves:
+            jobs = executor.map_array(_run_job, [w[0] for w in wave], [w[1] for w in wave],
+                                      [w[2] for w in wave], [threads] * len(wave))
+            for job, (_, run_dir, _) in zip(jobs, wave, strict=True):
+                try:
+                    job.result()
+                except Exception as error:  # noqa: BLE001 - reported below, all at once
+                    failures.append(f"{run_dir}: {error}".splitlines()[0])
+        if failures:
+            raise RuntimeError(f"{len(failures)} sweep run(s) failed (rerun the sweep to resume "
+                               "them; logs in .submitit): " + "; ".join(failures))
+
+
+def _run_job(config: RunConfig | None, run_dir: Path, resume: bool, threads: int) -> str:
+    """One sweep entry in a worker process (module level, so it can be pickled)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    run(config, run_dir, resume=resume)
+    return str(run_dir)
+
+
 def run_sweep(
     base: RunConfig,
     objectives: Sequence[str],
@@ -85,6 +155,7 @@ def run_sweep(
     *,
     folds: Sequence[int] | None = None,
     seeds: Sequence[int] | None = None,
+    launcher: Launcher | None = None,
 ) -> SweepResult:
     """Run (or resume, or skip) every model × fold × seed under ``out``; tabulate and plot.
 
@@ -102,6 +173,7 @@ def run_sweep(
                 variant.data.fold, variant.seed = fold, seed
                 cfg.validate(variant, f"sweep entry {name} fold {fold} seed {seed}")
                 entries.append((name, fold, seed, variant))
+    work: list[tuple[RunConfig | None, Path, bool]] = []
     for index, (name, fold, seed, config) in enumerate(entries, 1):
         run_dir = RunDir(out / name / f"fold{fold}-seed{seed}")
         label = f"[{index}/{len(entries)}] {name} fold {fold} seed {seed}"
@@ -109,8 +181,9 @@ def run_sweep(
             log.info("%s: finished earlier, skipping", label)
             continue
         resume = run_dir.config.exists()
-        log.info("%s: %s", label, "resuming" if resume else "starting")
-        run(None if resume else config, run_dir.root, resume=resume)
+        log.info("%s: %s", label, "resuming" if resume else "queued")
+        work.append((None if resume else config, run_dir.root, resume))
+    (launcher or Launcher()).run_all(work, out)
     runs = [
         {"model": name, "fold": fold, "seed": seed,
          "run_dir": str(out / name / f"fold{fold}-seed{seed}"),

@@ -129,3 +129,29 @@ def test_mode_effects_are_differences_of_paired_models():
     assert effects["CR"]["a"] == {"mean": pytest.approx(0.1), "pairs": 1}  # XX → CR-XX
     assert effects["RR"]["a"] == {"mean": pytest.approx(-0.1), "pairs": 1}  # XX → XX-RR
     assert "CC" not in effects
+
+
+def test_sweep_runs_in_parallel_subprocesses_through_submitit(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--objectives", "CR,RR", "--launcher", "local", "--jobs", "2",
+                 "--data-dir", str(tiny_mnist_dir), "--out", str(out), *TINY]) == 0
+    assert (out / "CR" / "fold0-seed343" / "metrics.json").exists()
+    assert (out / "RR" / "fold0-seed343" / "metrics.json").exists()
+    assert list((out / ".submitit").iterdir())  # the jobs really went through submitit
+    assert "| RR |" in (out / "results.md").read_text()
+
+
+def test_sweep_resumes_an_interrupted_run(tiny_mnist_dir, tmp_path):
+    from mmssl import config as cfg
+    from mmssl.pipeline import RunDir
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--objectives", "RR", "--data-dir", str(tiny_mnist_dir), "--out", str(out),
+            *TINY]
+    assert main(args) == 0
+    run_dir = RunDir(out / "RR" / "fold0-seed343")
+    # Simulate a crash after pretraining: drop the completion markers of the evaluation.
+    run_dir.metrics.unlink()
+    assert main(args) == 0  # resumed from the run directory, evaluated again
+    assert run_dir.metrics.exists()
+    assert cfg.load(run_dir.config).objective.name == "RR"
