@@ -152,6 +152,8 @@ def cmd_train(args: Any, *, evaluate: bool) -> int:
     config, out = _train_config(args)
     if evaluate:
         metrics = pipeline.run(config, out, resume=args.resume)
+        if not metrics:  # a data-parallel worker process
+            return 0
         console.print(metrics_table(metrics, f"Linear probe — {out}"))
     else:
         checkpoint = pipeline.pretrain(config, out, resume=args.resume)

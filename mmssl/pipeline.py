@@ -166,6 +166,9 @@ def prepare_run_dir(config: RunConfig | None, out: Path, resume: bool) -> RunCon
     a different one); without ``resume`` an existing run is never overwritten.
     """
     run = RunDir(Path(out))
+    if process_rank() > 0:
+        # A data-parallel worker: process 0 owns the run directory.
+        return config if config is not None else cfg.load(run.config)
     if run.config.exists():
         saved = cfg.load(run.config)
         if not resume:
@@ -187,6 +190,31 @@ def prepare_run_dir(config: RunConfig | None, out: Path, resume: bool) -> RunCon
     run.root.mkdir(parents=True, exist_ok=True)
     cfg.save(config, run.config)
     return config
+
+
+def process_rank() -> int:
+    """This process's global rank under torchrun, Lightning's DDP launcher or SLURM (else 0)."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
+class _FitState(L.Callback):
+    """Records where fit ended, from process 0, so the caller knows even after a spawn."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            best = trainer.checkpoint_callback
+            write_json(self.path, {
+                "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                "interrupted": trainer.interrupted,
+                "best": best.best_model_path if isinstance(best, ModelCheckpoint) else "",
+                "device": str(pl_module.device), "world_size": trainer.world_size,
+            })
 
 
 def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -264,7 +292,9 @@ def pretrain(
             datamodule.setup("fit")
             write_atomic(run.root / "splits.csv", datamodule.splits_table().to_csv(index=False))
         model = make_method(config, datamodule)
-        trainer = _trainer(config, run, extra_callbacks)
+        fit_state = run.root / ".fit_state.json"
+        fit_state.unlink(missing_ok=True)
+        trainer = _trainer(config, run, [*(extra_callbacks or []), _FitState(fit_state)])
         ckpt_path = run.last_checkpoint if resume and run.last_checkpoint.exists() else None
         log.info("pretraining %s (%s) into %s%s", config.method, config.objective.name,
                  run.root, f", resuming from {ckpt_path}" if ckpt_path else "")
@@ -275,21 +305,25 @@ def pretrain(
         finally:
             if earlier_curves is not None:
                 _merge_curves(earlier_curves, run.root / "metrics.csv")
-        if trainer.interrupted or trainer.current_epoch < config.trainer.epochs:
+        if process_rank() > 0 or not trainer.is_global_zero:
+            return run.last_checkpoint  # process 0 records completion
+        state = json.loads(fit_state.read_text()) if fit_state.exists() else {"epoch": 0}
+        if state.get("interrupted") or state["epoch"] < config.trainer.epochs:
             raise RunDirError(
-                f"pretraining of {run.root} stopped at epoch {trainer.current_epoch} of "
+                f"pretraining of {run.root} stopped at epoch {state['epoch']} of "
                 f"{config.trainer.epochs}; continue it with --resume"
             )
-        best_callback = trainer.checkpoint_callback
-        best = best_callback.best_model_path if isinstance(best_callback, ModelCheckpoint) else ""
+        best = state.get("best", "")
         write_json(run.pretrain_done, {
             "epochs": config.trainer.epochs,
-            "global_step": trainer.global_step,
+            "global_step": state["global_step"],
             "last_checkpoint": str(run.last_checkpoint.relative_to(run.root)),
             "best_checkpoint": str(Path(best).relative_to(run.root)) if best else None,
             "seconds": round(time.perf_counter() - started, 2),
-            "device": str(model.device),
+            "device": state["device"],
+            "processes": state["world_size"],
         })
+        fit_state.unlink(missing_ok=True)
         return _chosen_checkpoint(config, run)
     finally:
         _detach_log_file(handler)
@@ -422,6 +456,8 @@ def _save_features(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],
 
 
 def run(config: RunConfig | None, out: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Pretrain (or resume), then evaluate; returns the metrics."""
+    """Pretrain (or resume), then evaluate; returns the metrics ({} in data-parallel workers)."""
     pretrain(config, out, resume=resume)
+    if process_rank() > 0:
+        return {}
     return evaluate(out)
