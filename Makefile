@@ -29,6 +29,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/neuro.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -313,7 +313,7 @@ def pretrain(
                 f"pretraining of {run.root} stopped at epoch {state['epoch']} of "
                 f"{config.trainer.epochs}; continue it with --resume"
             )
-        best = state.get("best", "")
+        best = str(state.get("best") or "")
         write_json(run.pretrain_done, {
             "epochs": config.trainer.epochs,
             "global_step": state["global_step"],
