@@ -279,6 +279,14 @@ def _int_list(text: str | None, flag: str, all_value: list[int] | None = None) -
                               + (" or 'all'" if all_value is not None else "")) from None
 
 
+def cmd_report(args: Any) -> int:
+    from mmssl.evaluation.report import build_report
+
+    html_path, md_path = build_report(Path(args.directory))
+    console.print(f"report: {html_path} and {md_path}", soft_wrap=True)
+    return 0
+
+
 def cmd_list(args: Any) -> int:
     from mmssl.methods import METHODS
     from mmssl.objectives.taxonomy import all_objectives
@@ -387,6 +395,11 @@ def build_parser() -> ArgumentParser:
     links.add_argument("--device", type=str | None, default=None)
     SUBCOMMANDS["links"] = links
     sub.add_subcommand("links", links, help="multimodal links through a shared subspace")
+    report = ArgumentParser(description="HTML and Markdown report of a run or a sweep",
+                            exit_on_error=False)
+    report.add_argument("directory", type=str, help="a run directory or a sweep directory")
+    SUBCOMMANDS["report"] = report
+    sub.add_subcommand("report", report, help="self-contained HTML (and Markdown) report")
     sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
                        help="objectives, methods, datasets and presets")
     return parser
@@ -445,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_saliency(sub_args)
         if command == "links":
             return cmd_links(sub_args)
+        if command == "report":
+            return cmd_report(sub_args)
         if command == "list":
             return cmd_list(sub_args)
     except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:
