@@ -176,6 +176,10 @@ def cmd_sweep(args: Any) -> int:
 
     base = _resolved(args)
     objectives = [o.strip() for o in (args.objectives or "").split(",") if o.strip()]
+    if objectives == ["all"]:
+        from mmssl.objectives.taxonomy import all_objectives
+
+        objectives = all_objectives()
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     folds = _int_list(args.folds, "--folds", all_value=list(range(base.data.num_folds)))
     seeds = _int_list(args.seeds, "--seeds")
@@ -329,7 +333,8 @@ def build_parser() -> ArgumentParser:
     sweep = ArgumentParser(description="several objectives, one table and figure",
                            exit_on_error=False)
     sweep.add_argument("--objectives", type=str | None, default=None,
-                       help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR")
+                       help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR, "
+                       "or all (the 15 combinations; CR is the unimodal model)")
     sweep.add_argument("--methods", type=str | None, default=None,
                        help="comma-separated baselines, e.g. supervised,ae,dccae,mmvae")
     sweep.add_argument("--folds", type=str | None, default=None,

@@ -105,6 +105,22 @@ def test_sweep_over_folds_and_seeds_aggregates_mean_and_std(tiny_mnist_dir, tmp_
     assert len((out / "runs.csv").read_text().splitlines()) > 4 * 3
 
 
+def test_sweep_objectives_all_means_the_fifteen(monkeypatch, tmp_path):
+    import mmssl.sweep
+
+    seen = {}
+
+    def fake_run_sweep(base, objectives, out, methods, **kwargs):
+        seen["objectives"] = objectives
+        raise SystemExit(0)
+
+    monkeypatch.setattr(mmssl.sweep, "run_sweep", fake_run_sweep)
+    with pytest.raises(SystemExit):
+        main(["sweep", "--objectives", "all", "--out", str(tmp_path)])
+    from mmssl.objectives.taxonomy import all_objectives
+    assert seen["objectives"] == all_objectives()
+
+
 def test_aggregate_mean_std():
     from mmssl.sweep import aggregate
 
