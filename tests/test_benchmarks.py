@@ -144,3 +144,22 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
 
     assert results["figure"] == str(figure)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_benchmark_quick_reports_batch_and_process_scaling(tmp_path):
+    import importlib
+    import math
+    import sys
+    from pathlib import Path
+
+    # Importable by name: the data-parallel workers are spawned and unpickle its functions.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    module = importlib.import_module("scaling")
+    result = module.main(["--quick", "--skip-sweep", "--objective", "XX-RR",
+                          "--batch-sizes", "4,8", "--global-batch", "8",
+                          "--json", str(tmp_path / "scaling.json")])
+    assert [row["batch_size"] for row in result["batch"]] == [4, 8]
+    assert [row["processes"] for row in result["processes"]] == [1, 2]
+    for row in result["batch"] + result["processes"]:
+        assert math.isfinite(row["pairs_per_s"]) and row["pairs_per_s"] > 0
+    assert (tmp_path / "scaling.json").exists()
