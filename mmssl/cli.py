@@ -303,6 +303,12 @@ def cmd_list(args: Any) -> int:
     table.add_row("datasets", ", ".join(cfg.DATASETS))
     table.add_row("presets", ", ".join(cfg.preset_names()))
     console.print(table)
+    presets = Table(title="presets (mmssl run --preset NAME)")
+    presets.add_column("name")
+    presets.add_column("what it sets")
+    for name in cfg.preset_names():
+        presets.add_row(name, cfg.preset_description(name))
+    console.print(presets)
     return 0
 
 

@@ -366,6 +366,17 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def preset_description(name: str) -> str:
+    """The leading comment of a packaged preset, as one line."""
+    text = (resources.files("mmssl") / "presets" / f"{name}.yaml").read_text()
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    return " ".join(lines)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
     try:
