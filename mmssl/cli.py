@@ -393,7 +393,8 @@ def build_parser() -> ArgumentParser:
     saliency.add_argument("--device", type=str | None, default=None)
     SUBCOMMANDS["saliency"] = saliency
     sub.add_subcommand("saliency", saliency, help="brain maps of what drives the probe")
-    links = ArgumentParser(description="CCA links between modalities, mapped to the brain",
+    links = ArgumentParser(description="CCA links between two modalities' representations "
+                           "(mapped to the brain for neuroimaging runs)",
                            exit_on_error=False)
     links.add_argument("run_dir", type=str)
     links.add_argument("--components", type=int, default=3)

@@ -30,6 +30,15 @@ def test_run_end_to_end(tiny_mnist_dir, tmp_path, capsys):
     # The two halves: evaluate again from the run directory alone.
     assert main(["evaluate", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text()) == metrics
+    # Links through a shared subspace work on any evaluated run, from its saved features.
+    assert main(["links", str(out), "--permutations", "20", "--components", "2"]) == 0
+    links = json.loads((out / "links.json").read_text())
+    assert links["modalities"] == ["rotated", "noisy"]
+    assert len(links["test_correlations"]) == 2 and len(links["null_correlations"]) == 20
+    assert all(1 / 21 <= p <= 1 for p in links["p_values"])
+    assert links["maps"] == {}  # brain maps only for neuroimaging runs
+    assert (out / "links" / "component0_scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Multimodal links" in capsys.readouterr().out
 
 
 def test_pretrain_then_resume_and_evaluate(tiny_mnist_dir, tmp_path, capsys):

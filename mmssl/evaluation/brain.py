@@ -73,6 +73,15 @@ def load_run(out: Path, *, device: str | None = None) -> LoadedRun:
         _chosen_checkpoint(config, run), map_location="cpu").to(torch_device).eval()
     datamodule = make_datamodule(config)
     datamodule.setup("fit")
+    features, labels = read_features(run)
+    return LoadedRun(run, config, model, datamodule, features, labels,
+                     json.loads(run.probe.read_text()), torch_device)
+
+
+def read_features(run: RunDir) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The frozen-encoder features and labels an evaluation saved, by split and modality."""
+    if not run.features.exists():
+        raise RunDirError(f"{run.root} has not been evaluated; run `mmssl evaluate {run.root}`")
     arrays = np.load(run.features)
     features: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}
@@ -82,8 +91,7 @@ def load_run(out: Path, *, device: str | None = None) -> LoadedRun:
             labels[split] = arrays[key]
         else:
             features.setdefault(split, {})[name] = arrays[key]
-    return LoadedRun(run, config, model, datamodule, features, labels,
-                     json.loads(run.probe.read_text()), torch_device)
+    return features, labels
 
 
 def ground_truth(loaded: LoadedRun) -> dict[str, np.ndarray]:
@@ -196,6 +204,11 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
               device: str | None = None) -> dict[str, Any]:
     """CCA links between two modalities' representations (train → test), mapped to the brain.
 
+    Any evaluated run works: the canonical correlations (with a permutation null) and a
+    scatter of the first test variates come from the saved features alone. For a
+    neuroimaging run each top canonical variate is also mapped back to the brain by
+    SmoothGrad, and on a simulated cohort compared with the planted ground truth.
+
     With ``pca`` (default 10) each modality's representation is first reduced by a PCA fitted
     on the training subjects (to at most n_train − 2 components): CCA on 64-d features of a
     few dozen subjects otherwise finds perfect, meaningless training correlations.
@@ -205,13 +218,16 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     from mmssl.evaluation.links import canonical_variate, cca_links
     from mmssl.evaluation.saliency import LinearReadout, localisation_auc
 
-    loaded = load_run(out, device=device)
-    config, grid = loaded.config, loaded.datamodule.cohort.grid
+    run = RunDir(Path(out))
+    if not run.config.exists():
+        raise RunDirError(f"{run.root} is not a run directory (no config.yaml)")
+    config = cfg.load(run.config)
+    features, labels = read_features(run)
     pair = list(modalities or config.modalities[:2])
     if len(pair) != 2 or any(m not in config.modalities for m in pair):
         raise ValueError(f"links need two of the run's modalities {config.modalities}; got {pair}")
-    train = {m: loaded.features["train"][m] for m in pair}
-    test = {m: loaded.features["test"][m] for m in pair}
+    train = {m: features["train"][m] for m in pair}
+    test = {m: features["test"][m] for m in pair}
     reducers: dict[str, PCA] = {}
     if pca:
         for m in pair:
@@ -222,12 +238,21 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
                        seed=config.seed)
     report: dict[str, Any] = {"modalities": pair, "pca_components": {
         m: int(r.n_components_) for m, r in reducers.items()}, **result.to_dict()}
-    folder = loaded.run.root / "links"
+    folder = run.root / "links"
+    variates = {m: result.transform(m, test[m]) for m in pair}
+    figures: list[str] = [_scatter(variates, labels["test"], pair,
+                                   folder / "component0_scatter.png")]
+    report["maps"] = {}
+    report["figures"] = figures
+    if config.data.dataset != "neuro":
+        write_json(run.root / "links.json", report)
+        return report
+    loaded = load_run(out, device=device)
+    grid = loaded.datamodule.cohort.grid
     truth = ground_truth(loaded)
     brain = loaded.datamodule.cohort.mask
-    volumes, labels = _inputs(loaded, "test")
+    volumes, _ = _inputs(loaded, "test")
     encoders = loaded.model.probe_encoders()[""]
-    variates = {m: result.transform(m, test[m]) for m in pair}
     covariates = loaded.datamodule.cohort.covariates
     test_rows = loaded.datamodule.split_rows("test")
     if "severity" in covariates:
@@ -235,8 +260,6 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
         report["severity_correlation"] = {
             m: [float(np.corrcoef(variates[m][:, c], severity)[0, 1])
                 for c in range(result.n_components)] for m in pair}
-    figures: list[str] = [_scatter(variates, labels, pair, folder / "component0_scatter.png")]
-    report["maps"] = {}
     for component in range(min(maps, result.n_components)):
         for modality in pair:
             mean, scale, weights = canonical_variate(result, modality, component)
@@ -257,7 +280,6 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
             if modality in truth:
                 report.setdefault("localisation_auc", {})[key] = localisation_auc(
                     volume, truth[modality], brain)
-    report["figures"] = figures
     write_json(loaded.run.root / "links.json", report)
     return report
 
