@@ -7,6 +7,7 @@
     mmssl generate RUN_DIR
     mmssl simulate --out DIR --subjects N --seed S
     mmssl saliency RUN_DIR / mmssl links RUN_DIR
+    mmssl report DIR / mmssl claims SWEEP_DIR
     mmssl list
 """
 
@@ -271,6 +272,27 @@ def cmd_links(args: Any) -> int:
     return 0
 
 
+def cmd_claims(args: Any) -> int:
+    from mmssl.evaluation.claims import check_claims, load_sweep, metric_of, write_claims
+
+    root = Path(args.sweep_dir)
+    verdicts = check_claims(root, permutations=args.permutations)
+    metric = metric_of(load_sweep(root))
+    colours = {"holds": "green", "mixed": "yellow", "does not hold": "red", "not tested": "dim"}
+    table = Table(title=f"The paper's claims on {root} (test {metric}, paired over "
+                  "folds × seeds)", show_lines=True)
+    table.add_column("claim")
+    table.add_column("verdict")
+    table.add_column("evidence")
+    for verdict in verdicts:
+        table.add_row(verdict.claim, f"[{colours[verdict.status]}]{verdict.status}[/]",
+                      verdict.summary)
+    console.print(table)
+    json_path, md_path = write_claims(root, verdicts, metric)
+    console.print(f"claims: {md_path} and {json_path}", soft_wrap=True)
+    return 0
+
+
 def _int_list(text: str | None, flag: str, all_value: list[int] | None = None) -> list[int]:
     if not text:
         return []
@@ -411,6 +433,13 @@ def build_parser() -> ArgumentParser:
                             exit_on_error=False)
     report.add_argument("directory", type=str, help="a run directory or a sweep directory")
     SUBCOMMANDS["report"] = report
+    claims = ArgumentParser(description="check the paper's five claims on a finished sweep",
+                            exit_on_error=False)
+    claims.add_argument("sweep_dir", type=str)
+    claims.add_argument("--permutations", type=int, default=100,
+                        help="permutations of the held-out link p-values")
+    SUBCOMMANDS["claims"] = claims
+    sub.add_subcommand("claims", claims, help="the paper's claims, checked on a sweep")
     sub.add_subcommand("report", report, help="self-contained HTML (and Markdown) report")
     sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
                        help="objectives, methods, datasets and presets")
@@ -472,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_links(sub_args)
         if command == "report":
             return cmd_report(sub_args)
+        if command == "claims":
+            return cmd_claims(sub_args)
         if command == "list":
             return cmd_list(sub_args)
     except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:

@@ -71,6 +71,13 @@ def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
     assert main(["sweep", "--objectives", "CR,RR", "--data-dir", str(tiny_mnist_dir),
                  "--out", str(out), *TINY]) == 0
     assert (out / "CR" / "fold0-seed343" / "metrics.json").stat().st_mtime_ns == stamp
+    # The claims are checked on the real runs' metrics and features.
+    assert main(["claims", str(out), "--permutations", "10"]) == 0
+    claims = {c["claim"][0]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    assert claims["1"]["status"] != "not tested"
+    assert claims["1"]["details"]["joint"]["chosen"] == "RR"
+    assert set(claims["5"]["details"]) == {"RR", "CR"}
+    assert claims["4"]["status"] == "not tested"
 
 
 @pytest.mark.parametrize(

@@ -58,9 +58,11 @@ def test_sweep_report_renders_with_every_figure(tiny_mnist_dir, tmp_path):
     out = tmp_path / "sweep"
     assert main(["sweep", "--objectives", "CR,XX,CR-XX", "--data-dir", str(tiny_mnist_dir),
                  "--out", str(out), *TINY]) == 0
+    assert main(["claims", str(out), "--permutations", "10"]) == 0
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    for heading in ("Results", "Composition of objectives", "Folds and seeds"):
+    for heading in ("Results", "Composition of objectives", "Folds and seeds",
+                    "The paper&#x27;s claims", "multimodal beats unimodal"):
         assert heading in page
     loaded, total = rendered_image_counts(out / "report.html", tmp_path)
     assert loaded == total == 3  # scores, mode effects, per-run scores

@@ -213,9 +213,7 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     on the training subjects (to at most n_train − 2 components): CCA on 64-d features of a
     few dozen subjects otherwise finds perfect, meaningless training correlations.
     """
-    from sklearn.decomposition import PCA
-
-    from mmssl.evaluation.links import canonical_variate, cca_links
+    from mmssl.evaluation.links import canonical_variate, reduced_cca_links
     from mmssl.evaluation.saliency import LinearReadout, localisation_auc
 
     run = RunDir(Path(out))
@@ -226,16 +224,9 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     pair = list(modalities or config.modalities[:2])
     if len(pair) != 2 or any(m not in config.modalities for m in pair):
         raise ValueError(f"links need two of the run's modalities {config.modalities}; got {pair}")
-    train = {m: features["train"][m] for m in pair}
-    test = {m: features["test"][m] for m in pair}
-    reducers: dict[str, PCA] = {}
-    if pca:
-        for m in pair:
-            n = max(1, min(pca, len(train[m]) - 2, train[m].shape[1]))
-            reducers[m] = PCA(n_components=n, random_state=config.seed).fit(train[m])
-            train[m], test[m] = reducers[m].transform(train[m]), reducers[m].transform(test[m])
-    result = cca_links(train, test, n_components=components, n_permutations=permutations,
-                       seed=config.seed)
+    result, reducers, test = reduced_cca_links(
+        {m: features["train"][m] for m in pair}, {m: features["test"][m] for m in pair},
+        pca=pca, n_components=components, n_permutations=permutations, seed=config.seed)
     report: dict[str, Any] = {"modalities": pair, "pca_components": {
         m: int(r.n_components_) for m, r in reducers.items()}, **result.to_dict()}
     folder = run.root / "links"

@@ -194,6 +194,10 @@ def sweep_sections(root: Path, figures: Path) -> list[Section]:
     scatter = fold_scores(root / "runs.csv", figures / "fold_scores.png")
     if scatter:
         sections.append(Section("Folds and seeds", figures=[(scatter, "Every run's score")]))
+    if (root / "claims.md").exists():
+        table = (root / "claims.md").read_text().split("\n", 2)[2].strip()
+        sections.append(Section("The paper's claims", text="From `mmssl claims`.",
+                                tables=[table]))
     return sections
 
 
