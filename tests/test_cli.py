@@ -187,3 +187,44 @@ def test_sweep_resumes_an_interrupted_run(tiny_mnist_dir, tmp_path):
     assert main(args) == 0  # resumed from the run directory, evaluated again
     assert run_dir.metrics.exists()
     assert cfg.load(run_dir.config).objective.name == "RR"
+
+
+def test_a_killed_sweep_resumes_and_aggregates(tiny_mnist_dir, tmp_path):
+    """2 objectives × 2 seeds: SIGKILL the sweep mid-run, run it again, check the table."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--objectives", "CR,RR", "--seeds", "1,2", "--data-dir",
+            str(tiny_mnist_dir), "--out", str(out), *TINY, "--epochs", "6"]
+    script = Path(sys.executable).parent / "mmssl"
+    process = subprocess.Popen([str(script), *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    in_flight = out / "CR" / "fold0-seed2" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not in_flight.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the sweep ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = out / "CR" / "fold0-seed1" / "metrics.json"
+    assert finished.exists() and not (out / "CR" / "fold0-seed2" / "metrics.json").exists()
+    assert not (out / "results.md").exists()
+    stamp = finished.stat().st_mtime_ns
+
+    assert main(args) == 0
+    assert finished.stat().st_mtime_ns == stamp  # finished runs are skipped, not redone
+    table = (out / "results.md").read_text()
+    for model in ("CR", "RR"):
+        values = [json.loads((out / model / f"fold0-seed{s}" / "metrics.json").read_text())
+                  ["test"]["joint"]["accuracy"] for s in (1, 2)]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
+        assert f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in row
+    assert "over 2 run(s)" in table
