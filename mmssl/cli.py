@@ -276,8 +276,9 @@ def cmd_claims(args: Any) -> int:
     from mmssl.evaluation.claims import check_claims, load_sweep, metric_of, write_claims
 
     root = Path(args.sweep_dir)
-    verdicts = check_claims(root, permutations=args.permutations)
-    metric = metric_of(load_sweep(root))
+    records = load_sweep(root)
+    verdicts = check_claims(records, permutations=args.permutations)
+    metric = metric_of(records)
     colours = {"holds": "green", "mixed": "yellow", "does not hold": "red", "not tested": "dim"}
     table = Table(title=f"The paper's claims on {root} (test {metric}, paired over "
                   "folds × seeds)", show_lines=True)

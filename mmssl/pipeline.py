@@ -455,6 +455,23 @@ def _save_features(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],
     os.replace(tmp, path)
 
 
+def read_features(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """What :func:`_save_features` wrote: split → modality → features, and split → labels."""
+    if not path.exists():
+        raise RunDirError(f"{path.parent} has not been evaluated (no {path.name}); run "
+                          f"`mmssl evaluate {path.parent}`")
+    features: dict[str, dict[str, np.ndarray]] = {}
+    labels: dict[str, np.ndarray] = {}
+    with np.load(path) as arrays:
+        for key in arrays.files:
+            split, name = key.split("/", 1)
+            if name == "label":
+                labels[split] = arrays[key]
+            else:
+                features.setdefault(split, {})[name] = arrays[key]
+    return features, labels
+
+
 def run(config: RunConfig | None, out: Path, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain (or resume), then evaluate; returns the metrics ({} in data-parallel workers)."""
     pretrain(config, out, resume=resume)

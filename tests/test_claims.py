@@ -54,7 +54,7 @@ def by_claim(verdicts):
 
 def test_every_claim_holds_on_a_sweep_built_to_support_it(tmp_path):
     supportive_sweep(tmp_path)
-    verdicts = by_claim(check_claims(tmp_path, permutations=50))
+    verdicts = by_claim(check_claims(load_sweep(tmp_path), permutations=50))
     assert {k: v.status for k, v in verdicts.items()} == {str(i): "holds" for i in range(1, 6)}
     one = verdicts["1"].details["joint"]
     assert one["chosen"] == "XX"
@@ -84,7 +84,7 @@ def test_claims_that_the_data_contradict_do_not_hold(tmp_path):
         write_run(tmp_path, "XX-RR", seed, 0.88 + jitter, link=0.0)  # RR kills the link
         write_run(tmp_path, "dccae", seed, 0.95 + jitter)
         write_run(tmp_path, "mmvae", seed, 0.96 + jitter)
-    verdicts = by_claim(check_claims(tmp_path, permutations=50))
+    verdicts = by_claim(check_claims(load_sweep(tmp_path), permutations=50))
     assert verdicts["1"].status == "mixed"  # XX is ahead on average but not consistently
     assert verdicts["1"].details["a"]["difference"]["mean"] == pytest.approx(0.005)
     assert verdicts["2"].status == "does not hold"  # 0.025 spread against 0.028 run std
@@ -100,13 +100,13 @@ def test_models_are_chosen_on_validation_never_on_test(tmp_path):
         write_run(tmp_path, "RR", seed, 0.90, val=0.85)  # best on test
     scores = SweepScores(load_sweep(tmp_path))
     assert scores.chosen_on_validation(["XX", "RR"], "joint") == "XX"
-    verdicts = by_claim(check_claims(tmp_path))
+    verdicts = by_claim(check_claims(load_sweep(tmp_path)))
     assert verdicts["1"].details["joint"]["difference"]["mean"] == pytest.approx(0.02)
 
 
 def test_missing_models_mean_not_tested(tmp_path):
     write_run(tmp_path, "XX", 1, 0.9)
-    verdicts = by_claim(check_claims(tmp_path))
+    verdicts = by_claim(check_claims(load_sweep(tmp_path)))
     assert verdicts["1"].status == "not tested" and "CR" in verdicts["1"].summary
     assert verdicts["2"].status == "not tested"
     assert verdicts["3"].status == "not tested"

@@ -33,6 +33,7 @@ from mmssl.pipeline import (
     _chosen_checkpoint,
     _device,
     make_datamodule,
+    read_features,
     write_json,
 )
 
@@ -73,25 +74,9 @@ def load_run(out: Path, *, device: str | None = None) -> LoadedRun:
         _chosen_checkpoint(config, run), map_location="cpu").to(torch_device).eval()
     datamodule = make_datamodule(config)
     datamodule.setup("fit")
-    features, labels = read_features(run)
+    features, labels = read_features(run.features)
     return LoadedRun(run, config, model, datamodule, features, labels,
                      json.loads(run.probe.read_text()), torch_device)
-
-
-def read_features(run: RunDir) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """The frozen-encoder features and labels an evaluation saved, by split and modality."""
-    if not run.features.exists():
-        raise RunDirError(f"{run.root} has not been evaluated; run `mmssl evaluate {run.root}`")
-    arrays = np.load(run.features)
-    features: dict[str, dict[str, np.ndarray]] = {}
-    labels: dict[str, np.ndarray] = {}
-    for key in arrays.files:
-        split, name = key.split("/", 1)
-        if name == "label":
-            labels[split] = arrays[key]
-        else:
-            features.setdefault(split, {})[name] = arrays[key]
-    return features, labels
 
 
 def ground_truth(loaded: LoadedRun) -> dict[str, np.ndarray]:
@@ -220,7 +205,7 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     if not run.config.exists():
         raise RunDirError(f"{run.root} is not a run directory (no config.yaml)")
     config = cfg.load(run.config)
-    features, labels = read_features(run)
+    features, labels = read_features(run.features)
     pair = list(modalities or config.modalities[:2])
     if len(pair) != 2 or any(m not in config.modalities for m in pair):
         raise ValueError(f"links need two of the run's modalities {config.modalities}; got {pair}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,14 @@ class Difference:
     std: float
     n: int
 
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Difference:
+        """Mean, sample std (0 for one value) and count of per-run differences."""
+        d = np.asarray(values, dtype=float)
+        if not len(d):
+            return cls(float("nan"), float("nan"), 0)
+        return cls(float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d))
+
     @property
     def consistent(self) -> bool:
         return self.n > 0 and self.mean > 0 and self.mean > self.std
@@ -110,9 +119,10 @@ def load_sweep(root: Path) -> list[RunRecord]:
 
 
 def metric_of(records: list[RunRecord]) -> str:
-    """ROC AUC for binary labels, accuracy otherwise (as the sweep table)."""
-    sample = next(iter(records[0].metrics["test"].values()))
-    return "roc_auc" if "roc_auc" in sample else "accuracy"
+    """ROC AUC for binary labels, accuracy otherwise (the sweep table's headline metric)."""
+    from mmssl.sweep import metric_name
+
+    return metric_name([{"metrics": records[0].metrics}])
 
 
 def taxonomy_modes(model: str) -> frozenset[str] | None:
@@ -155,10 +165,7 @@ class SweepScores:
         """Paired test difference a − b over the (fold, seed) runs both have."""
         runs_a, runs_b = self.runs(a, column), self.runs(b, column)
         common = sorted(set(runs_a) & set(runs_b))
-        d = np.array([runs_a[k] - runs_b[k] for k in common], dtype=float)
-        if not len(d):
-            return Difference(float("nan"), float("nan"), 0)
-        return Difference(float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d))
+        return Difference.of([runs_a[k] - runs_b[k] for k in common])
 
     def chosen_on_validation(self, models: list[str], column: str) -> str:
         """The model with the highest mean validation score in ``column``."""
@@ -223,12 +230,12 @@ def link_strength(record: RunRecord, *, permutations: int = 100,
                   components: int = 3) -> dict[str, float]:
     """Held-out canonical correlations between the first two modalities of a run."""
     from mmssl.evaluation.links import reduced_cca_links
+    from mmssl.pipeline import read_features
 
-    arrays = np.load(record.run_dir / "features.npz")
-    names = [k.split("/", 1)[1] for k in arrays.files if k.startswith("train/")]
-    modalities = [n for n in names if n != "label"][:2]
+    features, _ = read_features(record.run_dir / "features.npz")
+    modalities = list(features["train"])[:2]
     result, _, _ = reduced_cca_links(
-        {m: arrays[f"train/{m}"] for m in modalities}, {m: arrays[f"test/{m}"] for m in modalities},
+        {m: features["train"][m] for m in modalities}, {m: features["test"][m] for m in modalities},
         n_components=components, n_permutations=permutations, seed=record.seed)
     return {"strength": float(np.mean(result.test_correlations)),
             "first": float(result.test_correlations[0]), "p_first": float(result.p_values[0])}
@@ -257,8 +264,7 @@ def rr_regularises_and_relates(scores: SweepScores, effects: dict[str, Any],
     details = {"link_gain_per_pair": per_pair, "probe_effect": probe}
     if not gains:
         return Verdict(claim, "not tested", "no features.npz to measure links", details)
-    gain = Difference(float(np.mean(gains)),
-                      float(np.std(gains, ddof=1)) if len(gains) > 1 else 0.0, len(gains))
+    gain = Difference.of(gains)
     details["link_gain"] = asdict(gain)
     summary = (f"+RR changes link strength by {gain} over {len(per_pair)} model pairs; probe "
                "effect " + ", ".join(f"{c} {v:+.3f}" for c, v in probe.items())
@@ -319,11 +325,10 @@ def shared_subspace_links(scores: SweepScores, links: Links) -> Verdict:
     return Verdict(claim, _status(passed, any(passed)), "; ".join(parts), details)
 
 
-def check_claims(root: Path, *, permutations: int = 100) -> list[Verdict]:
-    """Check the five claims on the finished runs of the sweep under ``root``."""
+def check_claims(records: list[RunRecord], *, permutations: int = 100) -> list[Verdict]:
+    """Check the five claims on a sweep's finished runs (:func:`load_sweep`)."""
     from mmssl.sweep import aggregate, mode_effects
 
-    records = load_sweep(root)
     scores = SweepScores(records)
     rows = aggregate([{"model": r.model, "metrics": r.metrics} for r in records])
     effects = mode_effects(rows, scores.columns)

@@ -81,17 +81,18 @@ def tsne_figure(features: Path, out: Path, *, seed: int = 0, max_points: int = 2
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler
 
+    from mmssl.pipeline import read_features
+
     if not features.exists():
         return None
-    arrays = np.load(features)
-    labels = arrays["test/label"] if "test/label" in arrays.files else None
-    modalities = [k.split("/", 1)[1] for k in arrays.files
-                  if k.startswith("test/") and k != "test/label"]
+    split_features, split_labels = read_features(features)
+    labels = split_labels.get("test")
+    modalities = list(split_features.get("test", {}))
     if labels is None or not modalities:
         return None
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(len(labels))[:max_points])
-    panels = {m: arrays[f"test/{m}"][keep] for m in modalities}
+    panels = {m: split_features["test"][m][keep] for m in modalities}
     if len(modalities) > 1:
         panels["joint"] = np.concatenate([panels[m] for m in modalities], axis=1)
     plt = _plt()
