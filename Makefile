@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 OUT ?= runs/quick-sweep
+# Extra flags for the main job (CI passes a one-epoch smoke setting through it).
+RUN_ARGS ?=
 
 .PHONY: run test lint bench clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/mmssl sweep --preset quick --objectives CR,XX,RR,CR-XX-CC-RR --out $(OUT)
+	$(VENV)/bin/mmssl sweep --preset quick --objectives CR,XX,RR,CR-XX-CC-RR --out $(OUT) $(RUN_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q

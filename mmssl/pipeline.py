@@ -318,7 +318,8 @@ def pretrain(
             "epochs": config.trainer.epochs,
             "global_step": state["global_step"],
             "last_checkpoint": str(run.last_checkpoint.relative_to(run.root)),
-            "best_checkpoint": str(Path(best).relative_to(run.root)) if best else None,
+            "best_checkpoint": (Path(best).resolve().relative_to(run.root.resolve()).as_posix()
+                                if best else None),
             "seconds": round(time.perf_counter() - started, 2),
             "device": state["device"],
             "processes": state["world_size"],
