@@ -26,13 +26,13 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check mmssl tests benchmarks
+	$(VENV)/bin/ruff check mmssl tests benchmarks examples
 	$(VENV)/bin/mypy mmssl
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/throughput.py
-	$(PY) benchmarks/neuro.py
-	$(PY) benchmarks/scaling.py
+	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.neuro
+	$(PY) -m benchmarks.scaling
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

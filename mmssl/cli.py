@@ -1,14 +1,15 @@
-"""The ``mmssl`` command: subcommands only, the logic lives in the library.
+"""The ``mmssl`` command: a table of subcommands, each a parser and a handler; no logic.
 
-    mmssl run      [--preset P | --config FILE] [--objective NAME] [--data-dir DIR] ...
-    mmssl pretrain [same flags]
-    mmssl evaluate RUN_DIR
-    mmssl sweep    --objectives CR,XX,RR,CR-XX-CC-RR [--methods ae,dccae] ... --out DIR
-    mmssl generate RUN_DIR
-    mmssl simulate --out DIR --subjects N --seed S
-    mmssl saliency RUN_DIR / mmssl links RUN_DIR
-    mmssl report DIR / mmssl claims SWEEP_DIR
+    mmssl run      [--preset P ...] [--config FILE] [--objective NAME] [--out DIR] ...
+    mmssl pretrain [same flags]          mmssl evaluate RUN_DIR
+    mmssl sweep    --objectives CR,XX,RR [--methods ae,dccae] [--folds all --seeds 1,2,3] --out DIR
+    mmssl claims   SWEEP_DIR | --scores FILE...    mmssl report DIR
+    mmssl simulate --out DIR    mmssl manifest BIDS_DIR    mmssl falff BIDS_DIR|BOLD
+    mmssl saliency RUN_DIR      mmssl links RUN_DIR        mmssl generate RUN_DIR
     mmssl list
+
+Every problem a user can cause ends with one line naming the input and exit status 2 (1 for a
+diverging run, 130 for Ctrl-C); see :mod:`mmssl.errors`.
 """
 
 from __future__ import annotations
@@ -16,40 +17,31 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
 from jsonargparse import ArgumentParser
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 
 from mmssl import config as cfg
+from mmssl.errors import ConfigError, MmsslError
+from mmssl.plugins import load_plugins
+from mmssl.settings import load_yaml_text
 
 console = Console()
 
-#: shortcut flag → dotted configuration key
-SHORTCUTS: dict[str, str] = {
-    "method": "method",
-    "objective": "objective.name",
-    "data_dir": "data.data_dir",
-    "modalities": "data.modalities",
-    "epochs": "trainer.epochs",
-    "batch_size": "data.batch_size",
-    "seed": "seed",
-    "fold": "data.fold",
-    "accelerator": "trainer.accelerator",
-    "dataset": "data.dataset",
-    "manifest": "data.manifest",
-    "on_bad_row": "data.on_bad_row",
-}
+
+# ----------------------------------------------------------------------------------- flags
 
 
 def _config_flags(parser: ArgumentParser, *, objective: bool = True) -> None:
-    parser.add_argument("--preset", type=str | None, default=None,
-                        help=f"packaged preset: {', '.join(cfg.preset_names())}")
+    parser.add_argument("--preset", action="append", type=str, default=None,
+                        help="packaged preset, repeatable: dataset first, method second "
+                        "(--preset two_view_mnist --preset dccae); "
+                        + ", ".join(cfg.preset_names()))
     parser.add_argument("--config", type=str | None, default=None, help="YAML run configuration")
     parser.add_argument("--method", type=str | None, default=None, help="method (see `list`)")
     if objective:
@@ -58,12 +50,16 @@ def _config_flags(parser: ArgumentParser, *, objective: bool = True) -> None:
     parser.add_argument("--data-dir", type=str | None, default=None,
                         help="directory with MNIST-layout IDX files (default: embedded subset)")
     parser.add_argument("--dataset", type=str | None, default=None,
-                        help=f"dataset: {', '.join(cfg.DATASETS)}")
+                        help="dataset (see `mmssl list`)")
     parser.add_argument("--manifest", type=str | None, default=None,
                         help="neuro: manifest CSV (subject, session, label, one column per "
                         "modality, covariates)")
     parser.add_argument("--on-bad-row", type=str | None, default=None,
                         help="neuro: error (default, list every problem) or skip (report them)")
+    parser.add_argument("--cache-dir", type=str | None, default=None,
+                        help="neuro: preprocessing cache folder (default: beside the manifest)")
+    parser.add_argument("--strict-grid", type=bool | None, default=None,
+                        help="neuro: require a row's modalities on one voxel grid (true/false)")
     parser.add_argument("--modalities", type=str | None, default=None,
                         help="comma-separated modalities, e.g. rotated,noisy")
     parser.add_argument("--epochs", type=int | None, default=None)
@@ -77,7 +73,10 @@ def _config_flags(parser: ArgumentParser, *, objective: bool = True) -> None:
 
 
 def _parse_value(text: str) -> Any:
-    value = yaml.safe_load(text)
+    try:
+        value = load_yaml_text(text)
+    except Exception:  # noqa: BLE001 - not YAML: the text itself
+        return text
     if isinstance(value, str):
         try:
             return float(value)
@@ -88,7 +87,7 @@ def _parse_value(text: str) -> Any:
 
 def _overrides(args: Any) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
-    for flag, dotted in SHORTCUTS.items():
+    for flag, dotted in cfg.SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -97,132 +96,182 @@ def _overrides(args: Any) -> dict[str, Any]:
         overrides[dotted] = value
     for item in args.set or []:
         if "=" not in item:
-            raise cfg.ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
         key, text = item.split("=", 1)
         overrides[key.strip()] = _parse_value(text)
     return overrides
 
 
+def _config_file(args: Any) -> Path | None:
+    if not args.config:
+        return None
+    path = Path(args.config).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config {args.config}: no such file")
+    return path
+
+
 def _resolved(args: Any) -> cfg.RunConfig:
-    return cfg.resolve(args.preset, Path(args.config) if args.config else None, _overrides(args))
+    return cfg.resolve(args.preset or [], _config_file(args), _overrides(args))
 
 
 def _given_config_flags(args: Any) -> list[str]:
-    given = [f"--{flag.replace('_', '-')}" for flag in ("preset", "config", *SHORTCUTS)
+    given = [f"--{flag.replace('_', '-')}" for flag in ("preset", "config", *cfg.SHORTCUTS)
              if getattr(args, flag, None) is not None]
     return given + (["--set"] if args.set else [])
 
 
-def _default_out(config: cfg.RunConfig) -> Path:
-    return Path("runs") / f"{config.model_name}-seed{config.seed}-fold{config.data.fold}"
+def _print_table(table: Any) -> None:
+    console.print(table.to_rich())
 
 
-def _train_config(args: Any) -> tuple[cfg.RunConfig | None, Path]:
-    if args.resume:
-        if args.out is None:
-            raise cfg.ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-        given = _given_config_flags(args)
-        if given:
-            raise cfg.ConfigError(
-                f"--resume continues {args.out} with its saved config.yaml; drop "
-                f"{', '.join(given)}"
-            )
-        return None, Path(args.out)
-    config = _resolved(args)
-    return config, Path(args.out) if args.out else _default_out(config)
-
-
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    """A rich table of split × modality metrics."""
-    table = Table(title=title)
-    table.add_column("split")
-    table.add_column("modality")
-    names = sorted({k for per in metrics.values() for m in per.values() for k in m})
-    for name in names:
-        table.add_column(name, justify="right")
-    for split, per in metrics.items():
-        for modality, values in per.items():
-            table.add_row(split, modality, *[f"{values[n]:.4f}" if n in values else "–"
-                                             for n in names])
-    return table
+# -------------------------------------------------------------------------------- handlers
 
 
 def cmd_train(args: Any, *, evaluate: bool) -> int:
-    from mmssl import pipeline
+    from mmssl.analysis.tables import metrics_table
+    from mmssl.runs.evaluation import train_and_evaluate
+    from mmssl.runs.training import pretrain
 
-    config, out = _train_config(args)
+    command = "run" if evaluate else "pretrain"
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        given = _given_config_flags(args)
+        if given:
+            raise ConfigError(f"--resume continues {args.out} with its saved config.yaml; drop "
+                              f"{', '.join(given)}")
+        config, out = None, Path(args.out)
+    else:
+        config = _resolved(args)
+        out = Path(args.out) if args.out else (
+            Path("runs") / f"{config.model_name}-seed{config.seed}-fold{config.data.fold}")
     if evaluate:
-        metrics = pipeline.run(config, out, resume=args.resume)
+        metrics = train_and_evaluate(config, out, resume=args.resume, command=command)
         if not metrics:  # a data-parallel worker process
             return 0
-        console.print(metrics_table(metrics, f"Linear probe — {out}"))
+        _print_table(metrics_table(metrics, f"Linear probe — {out}"))
     else:
-        checkpoint = pipeline.pretrain(config, out, resume=args.resume)
+        checkpoint = pretrain(config, out, resume=args.resume, command=command)
         console.print(f"pretrained: {checkpoint}", soft_wrap=True)
     console.print(f"run directory: {out}", soft_wrap=True)
     return 0
 
 
 def cmd_evaluate(args: Any) -> int:
-    from mmssl import pipeline
+    from mmssl.analysis.tables import metrics_table
+    from mmssl.runs.evaluation import evaluate
 
-    metrics = pipeline.evaluate(Path(args.run_dir), device=args.device)
-    console.print(metrics_table(metrics, f"Linear probe — {args.run_dir}"))
+    metrics = evaluate(Path(args.run_dir), device=args.device)
+    _print_table(metrics_table(metrics, f"Linear probe — {args.run_dir}"))
     console.print(f"metrics: {Path(args.run_dir) / 'metrics.json'}", soft_wrap=True)
     return 0
 
 
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | str:
+    if not text:
+        return ()
+    if text.strip() == "all":
+        return "all"
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers or 'all'") \
+            from None
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (text or "").split(",") if v.strip())
+
+
 def cmd_sweep(args: Any) -> int:
-    from mmssl.sweep import run_sweep
+    from mmssl.analysis.sweeps import write_sweep_results
+    from mmssl.runs.launch import Launcher
+    from mmssl.runs.sweep import SweepRequest, plan_sweep, run_sweep
 
-    base = _resolved(args)
-    objectives = [o.strip() for o in (args.objectives or "").split(",") if o.strip()]
-    if objectives == ["all"]:
-        from mmssl.objectives.taxonomy import all_objectives
-
-        objectives = all_objectives()
-    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    folds = _int_list(args.folds, "--folds", all_value=list(range(base.data.num_folds)))
-    seeds = _int_list(args.seeds, "--seeds")
-    from mmssl.sweep import Launcher
-
+    listed_folds = _int_list(args.folds, "--folds")
+    folds = (tuple(range(_resolved(args).data.num_folds)) if isinstance(listed_folds, str)
+             else listed_folds)
+    listed_seeds = _int_list(args.seeds, "--seeds")
+    if isinstance(listed_seeds, str):
+        raise ConfigError("--seeds: list the seeds, e.g. --seeds 1,2,3")
+    seeds = listed_seeds
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds {args.seeds}: seeds must be ≥ 0")
+    request = SweepRequest(presets=tuple(args.preset or ()), config_file=_config_file(args),
+                           overrides=_overrides(args), objectives=_names(args.objectives),
+                           methods=_names(args.methods), folds=tuple(folds),
+                           seeds=tuple(seeds), method_presets=not args.no_method_presets)
     launcher = Launcher(kind=args.launcher, jobs=args.jobs, slurm_partition=args.slurm_partition,
                         slurm_gpus=args.slurm_gpus, slurm_cpus=args.slurm_cpus,
                         slurm_minutes=args.slurm_minutes)
-    result = run_sweep(base, objectives, Path(args.out), methods, folds=folds, seeds=seeds,
-                       launcher=launcher)
-    assert result.table_md and result.table_csv and result.figure
-    table = Table(title=f"Sweep {args.out}: {result.table_md.read_text().splitlines()[0]}")
-    header, _, *body = result.table_md.read_text().splitlines()[2:]
-    for column in [c.strip() for c in header.strip("|").split("|")]:
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for line in body:
-        table.add_row(*[c.strip() for c in line.strip("|").split("|")])
-    console.print(table)
-    console.print(f"table: {result.table_md} and {result.table_csv}", soft_wrap=True)
-    console.print(f"figure: {result.figure}", soft_wrap=True)
-    if result.mode_figure:
-        console.print(f"mode effects: {result.mode_figure}", soft_wrap=True)
+    sweep = run_sweep(plan_sweep(request), Path(args.out), launcher)
+    results = write_sweep_results(sweep)
+    _print_table(results.table)
+    console.print(f"table: {sweep.results_markdown} and {sweep.results_csv}; every run: "
+                  f"{sweep.scores}", soft_wrap=True)
+    if results.figure:
+        console.print(f"figure: {results.figure}", soft_wrap=True)
+    if results.mode_figure:
+        console.print(f"mode effects: {results.mode_figure}", soft_wrap=True)
+    return 0
+
+
+def cmd_claims(args: Any) -> int:
+    from mmssl import io
+    from mmssl.analysis.claims import (
+        check_sweep,
+        claims_from_files,
+        claims_markdown,
+        claims_table,
+        write_claims,
+    )
+    from mmssl.runs.rundir import SweepDir
+
+    if args.scores:
+        report = claims_from_files([Path(p) for p in args.scores],
+                                   [Path(p) for p in args.links or []], alpha=args.alpha)
+        title = "The paper's claims on " + ", ".join(Path(p).name for p in args.scores)
+    else:
+        if not args.sweep_dir:
+            raise ConfigError("give a sweep directory, or --scores FILE [--links FILE]")
+        sweep = SweepDir(Path(args.sweep_dir))
+        report = check_sweep(sweep, permutations=args.permutations, alpha=args.alpha)
+        json_path, md_path = write_claims(sweep, report)
+        title = f"The paper's claims on {args.sweep_dir}"
+        console.print(f"claims: {md_path} and {json_path}", soft_wrap=True)
+    _print_table(claims_table(report, title))
+    if args.markdown:
+        io.write_text(Path(args.markdown), claims_markdown(report, title))
+        console.print(f"markdown: {args.markdown}", soft_wrap=True)
     return 0
 
 
 def cmd_generate(args: Any) -> int:
-    from mmssl import pipeline
+    from mmssl.runs.evaluation import generate
 
-    path = pipeline.generate(Path(args.run_dir), n=args.n, split=args.split, device=args.device)
+    path = generate(Path(args.run_dir), n=args.n, split=args.split, device=args.device)
     console.print(f"generations: {path}", soft_wrap=True)
     return 0
 
 
-def cmd_simulate(args: Any) -> int:
-    from mmssl.data.simulate import SimulationSettings, simulate_cohort
+#: ``mmssl simulate`` flags → :class:`~mmssl.data.neuro.simulate.SimulationSettings` fields.
+SIMULATE_FLAGS: tuple[str, ...] = (
+    "subjects", "seed", "sessions", "patient_fraction", "unlabelled_fraction", "voxel_size",
+    "t1_effect", "falff_effect", "coupling", "noise", "falff_noise", "sites",
+    "missing_falff_fraction", "bids", "bold_timepoints", "repetition_time",
+)
 
-    settings = SimulationSettings(
-        subjects=args.subjects, seed=args.seed, sessions=args.sessions,
-        patient_fraction=args.patient_fraction, unlabelled_fraction=args.unlabelled_fraction,
-        voxel_size=args.voxel_size, t1_effect=args.t1_effect, falff_effect=args.falff_effect,
-        noise=args.noise,
-    )
+
+def cmd_simulate(args: Any) -> int:
+    from mmssl.data.neuro.simulate import SimulationSettings, simulate_cohort
+
+    given = {name: getattr(args, name) for name in SIMULATE_FLAGS
+             if getattr(args, name) is not None}
+    try:
+        settings = SimulationSettings(**given)
+    except ValueError as error:
+        raise ConfigError(f"mmssl simulate: {error}") from None
     manifest = simulate_cohort(Path(args.out), settings)
     console.print(f"simulated cohort: {manifest}", soft_wrap=True)
     console.print(f"train on it: mmssl run --preset neuro-quick --manifest {manifest}",
@@ -230,13 +279,48 @@ def cmd_simulate(args: Any) -> int:
     return 0
 
 
-def cmd_saliency(args: Any) -> int:
-    from mmssl.evaluation.brain import run_saliency
+def cmd_manifest(args: Any) -> int:
+    from mmssl.data.neuro.bids import manifest_from_bids, summarize_manifest
 
-    dims = [int(d) for d in (args.latent_dims or "").split(",") if d.strip()]
+    out = Path(args.out)
+    manifest = manifest_from_bids(
+        args.bids_dir, t1=args.t1, falff_pipeline=args.falff_pipeline,
+        label_column=args.label_column, covariates=_names(args.covariates), task=args.task,
+        space=args.space, out_path=out)
+    manifest.write(out)
+    console.print(summarize_manifest(manifest), soft_wrap=True)
+    console.print(f"manifest: {out}", soft_wrap=True)
+    return 0
+
+
+def cmd_falff(args: Any) -> int:
+    from mmssl import io
+    from mmssl.data.neuro.falff import compute_falff, falff_for_bids
+
+    source = Path(args.source)
+    if source.is_dir():
+        outputs = falff_for_bids(source, bold_pipeline=args.bold_pipeline, task=args.task,
+                                 low=args.low, high=args.high, overwrite=args.overwrite)
+        written = sum(o.status == "written" for o in outputs)
+        console.print(f"fALFF maps: {written} written, {len(outputs) - written} already there "
+                      f"(in {source / 'derivatives' / 'falff'})", soft_wrap=True)
+        return 0
+    if not args.out:
+        raise ConfigError("--out FILE.nii.gz is needed when the source is one BOLD series")
+    image = compute_falff(source, args.mask, tr=args.tr, low=args.low, high=args.high)
+    io.save_image(Path(args.out), image)
+    console.print(f"fALFF map: {args.out}", soft_wrap=True)
+    return 0
+
+
+def cmd_saliency(args: Any) -> int:
+    from mmssl.runs.brain import run_saliency
+
+    dims = [int(d) for d in _names(args.latent_dims)]
     report = run_saliency(Path(args.run_dir), split=args.split, samples=args.samples,
                           noise=args.noise, latent_dims=dims, device=args.device)
-    table = Table(title=f"Saliency — {args.run_dir} ({report['subjects']} {args.split} subjects)")
+    table = RichTable(title=f"Saliency — {args.run_dir} ({report['subjects']} {args.split} "
+                            "subjects)")
     table.add_column("modality")
     table.add_column("maps", justify="right")
     table.add_column("localisation ROC AUC (simulated truth)")
@@ -249,13 +333,16 @@ def cmd_saliency(args: Any) -> int:
 
 
 def cmd_links(args: Any) -> int:
-    from mmssl.evaluation.brain import run_links
+    import numpy as np
 
-    modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    from mmssl.runs.brain import run_links
+
+    modalities = list(_names(args.modalities)) or None
     report = run_links(Path(args.run_dir), components=args.components,
                        permutations=args.permutations, modalities=modalities,
                        samples=args.samples, pca=args.pca or None, device=args.device)
-    table = Table(title=f"Multimodal links — {args.run_dir}: CCA fitted on train, scored on test")
+    table = RichTable(title=f"Multimodal links — {args.run_dir}: CCA fitted on train, scored "
+                            "on test")
     for column in ("component", "train r", "test r", "null 95%", "p"):
         table.add_column(column, justify="right")
     null = np.asarray(report["null_correlations"], dtype=float)
@@ -272,42 +359,8 @@ def cmd_links(args: Any) -> int:
     return 0
 
 
-def cmd_claims(args: Any) -> int:
-    from mmssl.evaluation.claims import check_claims, load_sweep, metric_of, write_claims
-
-    root = Path(args.sweep_dir)
-    records = load_sweep(root)
-    verdicts = check_claims(records, permutations=args.permutations)
-    metric = metric_of(records)
-    colours = {"holds": "green", "mixed": "yellow", "does not hold": "red", "not tested": "dim"}
-    table = Table(title=f"The paper's claims on {root} (test {metric}, paired over "
-                  "folds × seeds)", show_lines=True)
-    table.add_column("claim")
-    table.add_column("verdict")
-    table.add_column("evidence")
-    for verdict in verdicts:
-        table.add_row(verdict.claim, f"[{colours[verdict.status]}]{verdict.status}[/]",
-                      verdict.summary)
-    console.print(table)
-    json_path, md_path = write_claims(root, verdicts, metric)
-    console.print(f"claims: {md_path} and {json_path}", soft_wrap=True)
-    return 0
-
-
-def _int_list(text: str | None, flag: str, all_value: list[int] | None = None) -> list[int]:
-    if not text:
-        return []
-    if text.strip() == "all" and all_value is not None:
-        return all_value
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise cfg.ConfigError(f"{flag} {text!r}: expected comma-separated integers"
-                              + (" or 'all'" if all_value is not None else "")) from None
-
-
 def cmd_report(args: Any) -> int:
-    from mmssl.evaluation.report import build_report
+    from mmssl.analysis.report import build_report
 
     html_path, md_path = build_report(Path(args.directory))
     console.print(f"report: {html_path} and {md_path}", soft_wrap=True)
@@ -315,18 +368,35 @@ def cmd_report(args: Any) -> int:
 
 
 def cmd_list(args: Any) -> int:
+    from mmssl.data import DATASETS
     from mmssl.methods import METHODS
-    from mmssl.objectives.taxonomy import all_objectives
+    from mmssl.objectives.taxonomy import MODES, all_objectives
 
-    table = Table(title="mmssl")
-    table.add_column("kind")
-    table.add_column("names")
-    table.add_row("objectives", ", ".join(all_objectives()))
-    table.add_row("methods", ", ".join(sorted(METHODS)))
-    table.add_row("datasets", ", ".join(cfg.DATASETS))
-    table.add_row("presets", ", ".join(cfg.preset_names()))
-    console.print(table)
-    presets = Table(title="presets (mmssl run --preset NAME)")
+    modes = RichTable(title="taxonomy modes (an objective is any combination, e.g. CR-XX)")
+    for column in ("mode", "cross-modal", "local features", "what"):
+        modes.add_column(column)
+    for mode in MODES.values():
+        modes.add_row(mode.name, "yes" if mode.cross_modal else "no",
+                      "yes" if mode.needs_local else "no", mode.description)
+    console.print(modes)
+    console.print("objectives: " + ", ".join(all_objectives()), soft_wrap=True)
+    methods = RichTable(title="methods (--method; baselines also have a preset of that name)")
+    for column in ("method", "what it trains", "paper", "relates modalities", "decoders"):
+        methods.add_column(column)
+    for name, method in METHODS.items():
+        methods.add_row(name, method.summary, method.paper,
+                        "yes" if method.traits.relates_modalities else "–",
+                        "yes" if method.traits.has_decoders else "–")
+    console.print(methods)
+    datasets = RichTable(title="datasets (--dataset)")
+    datasets.add_column("dataset")
+    datasets.add_column("modalities")
+    datasets.add_column("source")
+    for name in sorted(DATASETS):
+        spec = DATASETS[name]
+        datasets.add_row(name, ", ".join(spec.modalities) or "named by you", spec.summary)
+    console.print(datasets)
+    presets = RichTable(title="presets (--preset NAME, repeatable: dataset first, method second)")
     presets.add_column("name")
     presets.add_column("what it sets")
     for name in cfg.preset_names():
@@ -334,6 +404,185 @@ def cmd_list(args: Any) -> int:
     console.print(presets)
     return 0
 
+
+# ---------------------------------------------------------------------- the command table
+
+
+def _train_parser(parser: ArgumentParser) -> None:
+    _config_flags(parser)
+    parser.add_argument("--out", type=str | None, default=None, help="run directory")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+
+
+def _evaluate_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=str)
+    parser.add_argument("--device", type=str | None, default=None)
+
+
+def _sweep_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("--objectives", type=str | None, default=None,
+                        help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR, "
+                        "or all (the 15 combinations; CR is the unimodal model)")
+    parser.add_argument("--methods", type=str | None, default=None,
+                        help="comma-separated baselines, e.g. supervised,ae,dccae,mmvae")
+    parser.add_argument("--no-method-presets", action="store_true",
+                        help="run baselines with the given configuration only, not composed "
+                        "with their own presets (their papers' optimiser, batch, epochs)")
+    parser.add_argument("--folds", type=str | None, default=None,
+                        help="folds to run, e.g. 0,1,2 or all (default: --fold)")
+    parser.add_argument("--seeds", type=str | None, default=None,
+                        help="seeds to run, e.g. 1,2,3 (default: --seed)")
+    parser.add_argument("--launcher", type=str, default="sequential",
+                        help="sequential (default), local (--jobs at a time) or slurm (submitit)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (local, slurm)")
+    parser.add_argument("--slurm-partition", type=str | None, default=None)
+    parser.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
+    parser.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run")
+    parser.add_argument("--slurm-minutes", type=int, default=240, help="time limit per run")
+    _config_flags(parser, objective=False)
+    parser.add_argument("--out", type=str, required=True, help="sweep directory")
+
+
+def _claims_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", type=str | None, default=None, nargs="?")
+    parser.add_argument("--scores", type=str, action="append", default=None,
+                        help="decide from committed scores files instead (repeatable)")
+    parser.add_argument("--links", type=str, action="append", default=None,
+                        help="with --scores: committed links files (repeatable)")
+    parser.add_argument("--markdown", type=str | None, default=None,
+                        help="also write the verdicts as Markdown to this file")
+    parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
+    parser.add_argument("--permutations", type=int, default=100,
+                        help="permutations of the held-out link p-values")
+
+
+def _generate_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=str)
+    parser.add_argument("--n", type=int, default=10, help="examples per row")
+    parser.add_argument("--split", type=str, default="test", help="train, val or test")
+    parser.add_argument("--device", type=str | None, default=None)
+
+
+def _simulate_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("--out", type=str, required=True, help="cohort directory")
+    helps = {
+        "subjects": "number of subjects (default 100)",
+        "seed": "seed (default 0)",
+        "sessions": "sessions per subject (default 1)",
+        "patient_fraction": "fraction of patients (default 0.5)",
+        "unlabelled_fraction": "fraction of subjects without a label (default 0)",
+        "voxel_size": "mm of the written MNI grid (default 3)",
+        "t1_effect": "grey-matter loss at full severity in the T1 regions (default 0.22)",
+        "falff_effect": "fALFF decrease at full severity in its regions (default 0.08)",
+        "coupling": "structure–function coupling strength; 0 plants no link (default 0.1)",
+        "noise": "T1 noise, relative (default 0.05)",
+        "falff_noise": "fALFF noise, relative, before motion and site (default 0.25)",
+        "sites": "scanner sites (default 3)",
+        "missing_falff_fraction": "fraction of sessions without fALFF (default 0)",
+        "bids": "also write a BIDS layout under OUT/bids (true/false)",
+        "bold_timepoints": "with --bids: resting-state series of this many volumes (default 0)",
+        "repetition_time": "TR of those series in s (default 2)",
+    }
+    types: dict[str, Any] = {"subjects": int, "seed": int, "sessions": int, "sites": int,
+                             "bold_timepoints": int, "bids": bool}
+    for name in SIMULATE_FLAGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=types.get(name, float) | None,
+                            default=None, help=helps[name])
+
+
+def _manifest_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("bids_dir", type=str)
+    parser.add_argument("--out", type=str, default="manifest.csv", help="manifest CSV to write")
+    parser.add_argument("--t1", type=str, default="raw",
+                        help="raw (sub-*/anat/*_T1w) or derivatives (fMRIPrep, MNI space)")
+    parser.add_argument("--falff-pipeline", type=str, default="falff",
+                        help="derivatives folder holding the fALFF maps")
+    parser.add_argument("--label-column", type=str, default="diagnosis",
+                        help="participants.tsv/sessions.tsv column with the diagnosis")
+    parser.add_argument("--covariates", type=str, default="age,sex,site")
+    parser.add_argument("--task", type=str, default="rest")
+    parser.add_argument("--space", type=str, default="MNI152NLin2009cAsym")
+
+
+def _falff_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("source", type=str,
+                        help="a preprocessed 4-D BOLD series, or a BIDS folder (every fMRIPrep "
+                        "preproc_bold of it)")
+    parser.add_argument("--mask", type=str | None, default=None, help="brain mask (same grid)")
+    parser.add_argument("--out", type=str | None, default=None, help="fALFF map (one series)")
+    parser.add_argument("--tr", type=float | None, default=None,
+                        help="repetition time in s (default: sidecar JSON or header)")
+    parser.add_argument("--low", type=float, default=0.01, help="band low edge, Hz")
+    parser.add_argument("--high", type=float, default=0.08, help="band high edge, Hz")
+    parser.add_argument("--bold-pipeline", type=str, default="fmriprep")
+    parser.add_argument("--task", type=str, default="rest")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def _saliency_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=str)
+    parser.add_argument("--split", type=str, default="test")
+    parser.add_argument("--samples", type=int, default=16, help="SmoothGrad noise samples")
+    parser.add_argument("--noise", type=float, default=0.1, help="noise σ / input range")
+    parser.add_argument("--latent-dims", type=str | None, default=None,
+                        help="also map these latent units, e.g. 0,5")
+    parser.add_argument("--device", type=str | None, default=None)
+
+
+def _links_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=str)
+    parser.add_argument("--components", type=int, default=3)
+    parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--modalities", type=str | None, default=None, help="two, e.g. t1,falff")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--pca", type=int, default=10,
+                        help="reduce each representation to this many PCA components first "
+                        "(fitted on train; 0 = off)")
+    parser.add_argument("--device", type=str | None, default=None)
+
+
+def _report_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("directory", type=str, help="a run directory or a sweep directory")
+
+
+def _no_arguments(parser: ArgumentParser) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, how its parser is built, and its handler."""
+
+    name: str
+    help: str
+    arguments: Callable[[ArgumentParser], None]
+    handler: Callable[[Any], int]
+    #: how to continue after Ctrl-C ({out} is the --out value)
+    resume_hint: str = ""
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "pretrain, then evaluate", _train_parser,
+            lambda a: cmd_train(a, evaluate=True), "mmssl run --resume --out {out}"),
+    Command("pretrain", "pretrain only", _train_parser,
+            lambda a: cmd_train(a, evaluate=False), "mmssl pretrain --resume --out {out}"),
+    Command("evaluate", "linear evaluation of a run directory", _evaluate_parser, cmd_evaluate),
+    Command("sweep", "several models × folds × seeds, one table and figure", _sweep_parser,
+            cmd_sweep, "the same `mmssl sweep` command (finished runs are skipped)"),
+    Command("claims", "the paper's claims, tested on a sweep", _claims_parser, cmd_claims),
+    Command("report", "self-contained HTML (and Markdown) report", _report_parser, cmd_report),
+    Command("generate", "PNG grid of reconstructions/generations", _generate_parser,
+            cmd_generate),
+    Command("simulate", "synthetic multimodal brain cohort", _simulate_parser, cmd_simulate),
+    Command("manifest", "a manifest from a BIDS dataset (T1w + fALFF derivatives)",
+            _manifest_parser, cmd_manifest),
+    Command("falff", "fALFF maps from preprocessed resting-state series", _falff_parser,
+            cmd_falff),
+    Command("saliency", "brain maps of what drives the probe", _saliency_parser, cmd_saliency),
+    Command("links", "multimodal links through a shared subspace", _links_parser, cmd_links),
+    Command("list", "objectives, methods, datasets and presets", _no_arguments, cmd_list),
+)
 
 #: the subcommand parsers of the last :func:`build_parser` call, for error messages
 SUBCOMMANDS: dict[str, ArgumentParser] = {}
@@ -345,105 +594,11 @@ def build_parser() -> ArgumentParser:
                             "the Domino taxonomy (CR, XX, CC, RR) and its evaluation.",
                             exit_on_error=False)
     sub = parser.add_subcommands(dest="command")
-    for name, help_text in (("run", "pretrain, then evaluate"), ("pretrain", "pretrain only")):
-        command = ArgumentParser(description=help_text, exit_on_error=False)
-        _config_flags(command)
-        command.add_argument("--out", type=str | None, default=None, help="run directory")
-        command.add_argument("--resume", action="store_true",
-                             help="continue the run in --out from its last checkpoint")
-        sub.add_subcommand(name, command, help=help_text)
-        SUBCOMMANDS[name] = command
-    evaluate = ArgumentParser(description="linear evaluation of a pretrained run",
-                              exit_on_error=False)
-    evaluate.add_argument("run_dir", type=str)
-    evaluate.add_argument("--device", type=str | None, default=None)
-    SUBCOMMANDS["evaluate"] = evaluate
-    sub.add_subcommand("evaluate", evaluate, help="linear evaluation of a run directory")
-    sweep = ArgumentParser(description="several objectives, one table and figure",
-                           exit_on_error=False)
-    sweep.add_argument("--objectives", type=str | None, default=None,
-                       help="comma-separated taxonomy objectives, e.g. CR,XX,RR,CR-XX-CC-RR, "
-                       "or all (the 15 combinations; CR is the unimodal model)")
-    sweep.add_argument("--methods", type=str | None, default=None,
-                       help="comma-separated baselines, e.g. supervised,ae,dccae,mmvae")
-    sweep.add_argument("--folds", type=str | None, default=None,
-                       help="folds to run, e.g. 0,1,2 or all (default: --fold)")
-    sweep.add_argument("--seeds", type=str | None, default=None,
-                       help="seeds to run, e.g. 1,2,3 (default: --seed)")
-    sweep.add_argument("--launcher", type=str, default="sequential",
-                       help="sequential (default), local (--jobs at a time) or slurm (submitit)")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (local, slurm)")
-    sweep.add_argument("--slurm-partition", type=str | None, default=None)
-    sweep.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
-    sweep.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run")
-    sweep.add_argument("--slurm-minutes", type=int, default=240, help="time limit per run")
-    _config_flags(sweep, objective=False)
-    sweep.add_argument("--out", type=str, required=True, help="sweep directory")
-    SUBCOMMANDS["sweep"] = sweep
-    sub.add_subcommand("sweep", sweep, help="run several objectives and compare them")
-    generate = ArgumentParser(description="inputs and (cross-modal) generations as a PNG grid",
-                              exit_on_error=False)
-    generate.add_argument("run_dir", type=str)
-    generate.add_argument("--n", type=int, default=10, help="examples per row")
-    generate.add_argument("--split", type=str, default="test", help="train, val or test")
-    generate.add_argument("--device", type=str | None, default=None)
-    SUBCOMMANDS["generate"] = generate
-    sub.add_subcommand("generate", generate, help="PNG grid of reconstructions/generations")
-    simulate = ArgumentParser(description="write a synthetic T1 + fALFF cohort with ground truth",
-                              exit_on_error=False)
-    simulate.add_argument("--out", type=str, required=True, help="cohort directory")
-    simulate.add_argument("--subjects", type=int, default=100)
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--sessions", type=int, default=1, help="sessions per subject")
-    simulate.add_argument("--patient-fraction", type=float, default=0.5)
-    simulate.add_argument("--unlabelled-fraction", type=float, default=0.0)
-    simulate.add_argument("--voxel-size", type=float, default=3.0, help="mm (MNI grid)")
-    simulate.add_argument("--t1-effect", type=float, default=0.6,
-                          help="grey-matter loss at full severity in the T1 regions")
-    simulate.add_argument("--falff-effect", type=float, default=0.3,
-                          help="fALFF amplitude decrease at full severity in its regions")
-    simulate.add_argument("--noise", type=float, default=0.05, help="smooth noise amplitude")
-    SUBCOMMANDS["simulate"] = simulate
-    sub.add_subcommand("simulate", simulate, help="synthetic multimodal brain cohort")
-    saliency = ArgumentParser(description="SmoothGrad maps of the probe in brain space",
-                              exit_on_error=False)
-    saliency.add_argument("run_dir", type=str)
-    saliency.add_argument("--split", type=str, default="test")
-    saliency.add_argument("--samples", type=int, default=16, help="SmoothGrad noise samples")
-    saliency.add_argument("--noise", type=float, default=0.1, help="noise σ / input range")
-    saliency.add_argument("--latent-dims", type=str | None, default=None,
-                          help="also map these latent units, e.g. 0,5")
-    saliency.add_argument("--device", type=str | None, default=None)
-    SUBCOMMANDS["saliency"] = saliency
-    sub.add_subcommand("saliency", saliency, help="brain maps of what drives the probe")
-    links = ArgumentParser(description="CCA links between two modalities' representations "
-                           "(mapped to the brain for neuroimaging runs)",
-                           exit_on_error=False)
-    links.add_argument("run_dir", type=str)
-    links.add_argument("--components", type=int, default=3)
-    links.add_argument("--permutations", type=int, default=200)
-    links.add_argument("--modalities", type=str | None, default=None, help="two, e.g. t1,falff")
-    links.add_argument("--samples", type=int, default=16)
-    links.add_argument("--pca", type=int, default=10,
-                       help="reduce each representation to this many PCA components first "
-                       "(fitted on train; 0 = off)")
-    links.add_argument("--device", type=str | None, default=None)
-    SUBCOMMANDS["links"] = links
-    sub.add_subcommand("links", links, help="multimodal links through a shared subspace")
-    report = ArgumentParser(description="HTML and Markdown report of a run or a sweep",
-                            exit_on_error=False)
-    report.add_argument("directory", type=str, help="a run directory or a sweep directory")
-    SUBCOMMANDS["report"] = report
-    claims = ArgumentParser(description="check the paper's five claims on a finished sweep",
-                            exit_on_error=False)
-    claims.add_argument("sweep_dir", type=str)
-    claims.add_argument("--permutations", type=int, default=100,
-                        help="permutations of the held-out link p-values")
-    SUBCOMMANDS["claims"] = claims
-    sub.add_subcommand("claims", claims, help="the paper's claims, checked on a sweep")
-    sub.add_subcommand("report", report, help="self-contained HTML (and Markdown) report")
-    sub.add_subcommand("list", ArgumentParser(exit_on_error=False),
-                       help="objectives, methods, datasets and presets")
+    for command in COMMANDS:
+        child = ArgumentParser(description=command.help, exit_on_error=False)
+        command.arguments(child)
+        SUBCOMMANDS[command.name] = child
+        sub.add_subcommand(command.name, child, help=command.help)
     return parser
 
 
@@ -463,54 +618,55 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _error(message: str) -> None:
+    console.print(f"[red]mmssl: error:[/red] {message}", highlight=False, soft_wrap=True,
+                  markup=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mmssl`` console script."""
-    from mmssl.objectives.taxonomy import ObjectiveError
-
     _configure_logging()
+    try:
+        load_plugins()
+    except MmsslError as error:
+        _error(str(error).replace("[", "\\["))
+        return error.exit_code
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
-    except Exception as error:  # jsonargparse's ArgumentError
-        command = next((a for a in argv if not a.startswith("-")), "")
+    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError and friends
+        name = next((a for a in argv if not a.startswith("-")), "")
         message = " ".join(str(error).split())
-        subcommand = SUBCOMMANDS.get(command)
+        subcommand = SUBCOMMANDS.get(name)
         if subcommand is not None and "nrecognized argument" in message:
             flags = sorted({o for a in subcommand._actions for o in a.option_strings
                             if o.startswith("--") and o != "--help"})
-            message += f"; valid flags of `mmssl {command}`: {', '.join(flags)}"
-        console.print(f"[red]mmssl: error:[/red] {message}; see `mmssl {command} --help`",
-                      highlight=False, soft_wrap=True)
+            message += f"; valid flags of `mmssl {name}`: {', '.join(flags)}"
+        _error(f"{message}; see `mmssl {name} --help`".replace("[", "\\["))
         return 2
-    command = args.command
-    sub_args = args.get(command) if command else None
+    name = args.command
+    commands = {c.name: c for c in COMMANDS}
+    if name not in commands:
+        parser.print_help()
+        return 2
+    command = commands[name]
+    sub_args = args.get(name)
     try:
-        if command in ("run", "pretrain"):
-            return cmd_train(sub_args, evaluate=command == "run")
-        if command == "evaluate":
-            return cmd_evaluate(sub_args)
-        if command == "sweep":
-            return cmd_sweep(sub_args)
-        if command == "generate":
-            return cmd_generate(sub_args)
-        if command == "simulate":
-            return cmd_simulate(sub_args)
-        if command == "saliency":
-            return cmd_saliency(sub_args)
-        if command == "links":
-            return cmd_links(sub_args)
-        if command == "report":
-            return cmd_report(sub_args)
-        if command == "claims":
-            return cmd_claims(sub_args)
-        if command == "list":
-            return cmd_list(sub_args)
-    except (cfg.ConfigError, ObjectiveError, FileNotFoundError, ValueError, RuntimeError) as err:
-        console.print(f"[red]mmssl: error:[/red] {err}", highlight=False, soft_wrap=True)
+        return command.handler(sub_args)
+    except MmsslError as error:
+        _error(str(error).replace("[", "\\["))
+        return error.exit_code
+    except KeyboardInterrupt:
+        out = getattr(sub_args, "out", None) or getattr(sub_args, "run_dir", None) or ""
+        hint = (f"; continue with {command.resume_hint.format(out=out)}"
+                if command.resume_hint else "; run the command again to finish")
+        _error(f"interrupted{hint}")
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        # user input rejected by a library (bad value, missing file, no permission)
+        _error(str(error).replace("[", "\\["))
         return 2
-    parser.print_help()
-    return 2
 
 
 if __name__ == "__main__":

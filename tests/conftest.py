@@ -198,7 +198,7 @@ def tiny_neuro_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def simulated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small cohort from ``mmssl simulate`` (48 subjects, 6 mm grid): its manifest path."""
-    from mmssl.data.simulate import SimulationSettings, simulate_cohort
+    from mmssl.data.neuro.simulate import SimulationSettings, simulate_cohort
 
     out = tmp_path_factory.mktemp("simulated")
     settings = SimulationSettings(subjects=48, seed=7, voxel_size=6.0, sessions=1)

@@ -1,40 +1,169 @@
-"""benchmarks/throughput.py runs end to end (all three parts) and its estimator and mask-based
-losses agree; benchmarks/neuro.py runs end to end in quick mode.
+"""The benchmarks run end to end in quick mode and report what they promise; the harness's
+interleaved timing, memory and FLOP helpers measure what they say (fake clocks, closed forms).
 
 Only structure and agreement are checked, never timings (they depend on the machine's load).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
 
+import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-NEURO_SCRIPT = SCRIPT.with_name("neuro.py")
+# `python -m pytest` from the repository root can import `benchmarks`; a bare `pytest` puts
+# tests/ (not the root) on sys.path, so add the root then.
+if importlib.util.find_spec("benchmarks") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness, neuro, scaling, throughput  # noqa: E402
+from benchmarks.harness import Timing  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------------
 
 
-def load_script(script: Path = SCRIPT, name: str = "mmssl_benchmarks_throughput") -> ModuleType:
-    # benchmarks/ is not a package: load the script by path (registered first for dataclasses).
-    spec = importlib.util.spec_from_file_location(name, script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+class FakeMachine:
+    """A clock that only the fake candidates advance, and a log of who ran when."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.log: list[str] = []
+        self.clock_reads = 0
+
+    def clock(self) -> float:
+        self.clock_reads += 1
+        return self.now
+
+    def candidate(self, name: str, durations: list[float]):
+        calls = iter(durations)
+
+        def run() -> None:
+            self.log.append(name)
+            self.now += next(calls)
+
+        return run
+
+
+def test_time_interleaved_interleaves_candidates_and_takes_medians_of_the_timed_rounds():
+    machine = FakeMachine()
+    # The first duration of each is its warm-up call: huge, and it must not count.
+    functions = {
+        "a": machine.candidate("a", [100.0, 0.003, 0.001, 0.002, 0.007]),
+        "b": machine.candidate("b", [100.0, 0.010, 0.030, 0.020, 0.040]),
+        "c": machine.candidate("c", [100.0, 0.005, 0.005, 0.005, 0.005]),
+    }
+    timings = harness.time_interleaved(functions, warmup=1, repeats=4, clock=machine.clock)
+
+    # One call of each candidate per round, in the mapping's order, warm-up round first.
+    assert machine.log == ["a", "b", "c"] * 5
+    assert machine.clock_reads == 2 * 3 * 4  # a start and an end per timed call only
+    assert timings["a"].samples_ms == pytest.approx((3.0, 1.0, 2.0, 7.0))
+    # Medians of an even count: the mean of the middle two.
+    assert timings["a"].median_ms == pytest.approx(2.5)
+    assert timings["b"].median_ms == pytest.approx(25.0)
+    assert timings["c"].median_ms == pytest.approx(5.0)
+    assert timings["a"].min_ms == pytest.approx(1.0)
+    # Inclusive quartiles of (1, 2, 3, 7): Q1 = 1.75, Q3 = 4 → IQR 2.25; of 5s: 0.
+    assert timings["a"].iqr_ms == pytest.approx(2.25)
+    assert timings["c"].iqr_ms == pytest.approx(0.0) and timings["c"].iqr_percent == 0.0
+    assert timings["b"].rate(50) == pytest.approx(50 / 0.025)
+    assert gc.isenabled()
+
+
+def test_time_interleaved_rejects_bad_rounds_and_nothing_to_time():
+    with pytest.raises(ValueError, match="repeats"):
+        harness.time_interleaved({"a": lambda: None}, warmup=0, repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        harness.time_interleaved({"a": lambda: None}, warmup=-1, repeats=1)
+    with pytest.raises(ValueError, match="at least one"):
+        harness.time_interleaved({}, warmup=0, repeats=1)
+    with pytest.raises(ValueError, match="at least one"):
+        Timing.of([])
+
+
+def test_timing_of_one_sample_has_no_spread():
+    timing = Timing.of([0.004])
+    assert (timing.median_ms, timing.min_ms, timing.iqr_ms) == pytest.approx((4.0, 4.0, 0.0))
+
+
+def test_busy_machine_warning_threshold():
+    # Busy when load + threads > cores + 1.
+    assert harness.busy_machine_warning(1, 2.0, cores=2) is None
+    assert harness.busy_machine_warning(1, None, cores=2) is None
+    one = harness.busy_machine_warning(1, 2.5, cores=2)
+    two = harness.busy_machine_warning(2, 1.5, cores=2)
+    assert one is not None and "--threads 1" not in one
+    assert two is not None and "--threads 1" in two
+
+
+def test_machine_description_names_what_the_numbers_depend_on():
+    meta = harness.machine_description(torch.device("cpu"))
+    assert meta["torch"] == torch.__version__ and meta["device"] == "cpu"
+    assert meta["threads"] == torch.get_num_threads() and meta["cpu_count"] >= 1
+    assert meta["device_name"] == meta["cpu_model"] != ""
+
+
+def test_autograd_saved_bytes_counts_each_saved_storage_once_and_skips_inputs():
+    x = torch.randn(1000, requires_grad=True)
+    # exp saves its result, which is also the output: one storage of 1000 floats.
+    assert harness.autograd_saved_bytes(lambda: (x.exp(),), exclude=(x,)) == 4000
+    # sin saves its input (excluded): only the output counts.
+    assert harness.autograd_saved_bytes(lambda: (x.sin(),), exclude=(x,)) == 4000
+    # x·x saves x twice (excluded); the output is a scalar.
+    assert harness.autograd_saved_bytes(lambda: ((x * x).sum(),), exclude=(x,)) == 4
+
+
+def test_count_flops_of_a_matrix_product_forward_and_backward():
+    a = torch.randn(8, 16, requires_grad=True)
+    b = torch.randn(16, 4)
+    assert harness.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    # Backward adds grad_a = grad_out @ bᵀ: another 2·8·4·16.
+    assert harness.count_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 8 * 16 * 4)
+
+
+def test_profiler_peak_bytes_sees_a_temporary_allocation():
+    nbytes = 4 << 20
+
+    def allocate_and_free() -> None:
+        block = torch.ones(nbytes // 4)
+        del block
+
+    peak = harness.profiler_peak_bytes(allocate_and_free)
+    assert nbytes <= peak < 2 * nbytes
+
+
+def test_int_list_parses_in_order_without_repeats_and_checks_the_minimum():
+    import argparse
+
+    assert harness.int_list("8, 4,8,16") == [8, 4, 16]
+    assert harness.int_list("1,2", minimum=1) == [1, 2]
+    for bad in ("", "4,x", "1,4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            harness.int_list(bad)
+
+
+def test_torch_threads_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with harness.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError), harness.torch_threads(0):
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmarks
+# --------------------------------------------------------------------------------------------
 
 
 def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
-    throughput = load_script()
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     returned = throughput.main([
@@ -51,6 +180,8 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     assert results["meta"]["device"] == "cpu" and results["meta"]["batch_size"] == 4
     assert results["meta"]["threads"] == 1
     assert results["meta"]["methods_dataset"] == "two_view_mnist"
+    assert results["meta"]["methods_input_shapes"] == {"rotated": [1, 32, 32],
+                                                       "noisy": [1, 32, 32]}
     assert results["meta"]["methods_notes"] == []  # no CCA method, no suppressed warning
 
     objectives = results["objectives"]
@@ -80,9 +211,12 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     for row in methods:
         assert row["decoders"] is True and row["batch_size"] == 4
         assert isinstance(row["parameters"], int) and row["parameters"] > 0
-        for key in ("loss", "pairs_per_s", "step_ms", "step_iqr_percent", "slowdown"):
+        for key in ("loss", "pairs_per_s", "step_ms", "step_iqr_percent", "slowdown",
+                    "gflop_per_step", "gflop_per_s"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["label"], key)
-        assert row["pairs_per_s"] > 0 and row["step_ms"] > 0
+        assert row["pairs_per_s"] > 0 and row["step_ms"] > 0 and row["gflop_per_step"] > 0
+    # MMVAE decodes K = 2 samples per pair into both modalities: more work than the AE.
+    assert methods[1]["gflop_per_step"] > methods[0]["gflop_per_step"]
     # No decoder-free row was asked for: the reference is the faster of the two, at ratio 1.
     reference = methods[0]["reference"]
     assert reference in {"ae", "mmvae K=2"}
@@ -90,8 +224,15 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     assert min(row["slowdown"] for row in methods) == 1.0
 
 
+def test_throughput_rejects_bad_options(capsys):
+    for argv in (["--batch-size", "1"], ["--device", "tpu"], ["--threads", "0"],
+                 ["--methods", "nope"], ["--dataset", "neuro"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            throughput.main(argv)
+    assert "--batch-size must be ≥ 2" in capsys.readouterr().err
+
+
 def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
-    neuro = load_script(NEURO_SCRIPT, "mmssl_benchmarks_neuro")
     out, figure, work = tmp_path / "neuro.json", tmp_path / "fig" / "neuro.png", tmp_path / "w"
     threads = torch.get_num_threads()
     returned = neuro.main([
@@ -130,8 +271,13 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
         ("CR-XX-CC-RR", 2), ("CR-XX-CC-RR", 4), ("RR", 2), ("RR", 4)]
     for row in training:
         assert row["size"] == 32 and row["tap"] == "block1" and math.isfinite(row["loss"])
-        positive(row, ("parameters", "step_ms", "volumes_per_s", "pairs_per_s", "peak_bytes"))
+        positive(row, ("parameters", "step_ms", "volumes_per_s", "pairs_per_s", "peak_bytes",
+                       "gflop_per_step", "gflop_per_s"))
         assert math.isclose(row["volumes_per_s"], 2 * row["pairs_per_s"])
+    # A step's convolutions scale with the batch: twice the batch, twice the FLOPs.
+    flops = {(r["objective"], r["batch_size"]): r["gflop_per_step"] for r in training}
+    for objective in ("CR-XX-CC-RR", "RR"):
+        assert flops[(objective, 4)] == pytest.approx(2 * flops[(objective, 2)], rel=0.05)
 
     loading = results["loading"]
     assert [(r["size"], r["batch_size"]) for r in loading] == [(32, 2), (32, 4)]
@@ -146,20 +292,19 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_scaling_benchmark_quick_reports_batch_and_process_scaling(tmp_path):
-    import importlib
-    import math
-    import sys
-    from pathlib import Path
+def test_scaling_model_gathers_negatives_only_when_asked():
+    assert scaling.build("XX-RR", gather=True).gathering_estimator().gather is True
+    assert scaling.build("XX-RR").gathering_estimator().gather is False
 
-    # Importable by name: the data-parallel workers are spawned and unpickle its functions.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    module = importlib.import_module("scaling")
-    result = module.main(["--quick", "--skip-sweep", "--objective", "XX-RR",
-                          "--batch-sizes", "4,8", "--global-batch", "8",
-                          "--json", str(tmp_path / "scaling.json")])
+
+def test_scaling_benchmark_quick_reports_batch_and_process_scaling(tmp_path):
+    # The data-parallel workers are spawned and import benchmarks.scaling by name.
+    result = scaling.main(["--quick", "--skip-sweep", "--objective", "XX-RR",
+                           "--batch-sizes", "4,8", "--global-batch", "8",
+                           "--json", str(tmp_path / "scaling.json")])
     assert [row["batch_size"] for row in result["batch"]] == [4, 8]
     assert [row["processes"] for row in result["processes"]] == [1, 2]
     for row in result["batch"] + result["processes"]:
         assert math.isfinite(row["pairs_per_s"]) and row["pairs_per_s"] > 0
-    assert (tmp_path / "scaling.json").exists()
+    assert json.loads((tmp_path / "scaling.json").read_text()) == json.loads(json.dumps(result))
+    assert {"torch", "device", "cores", "objective", "load_before"} <= set(result["meta"])

@@ -1,4 +1,10 @@
-"""The paper's claims checked on sweeps whose answer is known (mmssl.evaluation.claims)."""
+"""``mmssl claims`` on sweep directories whose answer is known, and on committed files.
+
+The decision rules themselves are tested in ``test_claim_rules.py`` (oracles, null calibration,
+power); here: that a sweep's run directories are read from their own files, that the links
+are computed from the saved features, that the verdicts written beside the sweep equal those
+recomputed from the committed ``scores.csv`` / ``links.csv`` alone, and the command line.
+"""
 
 from __future__ import annotations
 
@@ -8,125 +14,129 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmssl import config as cfg
+from mmssl import io
+from mmssl.analysis.claims import check_sweep, claims_from_files, write_claims
 from mmssl.cli import main
-from mmssl.evaluation.claims import ClaimsError, SweepScores, check_claims, load_sweep
+from mmssl.runs.rundir import SweepDir
 
-COLUMNS = ("a", "b", "joint")
+COLUMNS = ("rotated", "noisy", "joint")
 
 
-def write_run(root: Path, model: str, seed: int, test: float, *, val: float | None = None,
+def write_run(sweep: Path, model: str, fold: int, seed: int, score: float, *,
               link: float | None = None) -> None:
-    """A finished run: metrics.json with ``test`` (and ``val``) accuracy in every column, and
-    if ``link`` is given, features.npz whose two modalities share one latent with that weight.
-    """
-    run = root / model / f"fold0-seed{seed}"
-    run.mkdir(parents=True)
-    val = test if val is None else val
-    metrics = {split: {c: {"accuracy": score} for c in COLUMNS}
-               for split, score in (("val", val), ("test", test))}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    """An evaluated run: config.yaml saying what it is, metrics.json, optional features.npz
+    whose two modalities share one latent with weight ``link``."""
+    if model in ("dccae", "mmvae"):
+        config = cfg.resolve(["two_view_mnist", model], None, {"data.fold": fold,
+                                                               "seed": seed})
+    else:
+        config = cfg.resolve("quick", None, {"objective.name": model, "data.fold": fold,
+                                             "seed": seed})
+    run = SweepDir(sweep).run(config.model_name, fold, seed)
+    cfg.save(config, run.config)
+    io.write_json(run.pretrain_record, {"last_checkpoint": "checkpoints/last.ckpt"})
+    metrics = {split: {c: {"accuracy": score + (0.001 if split == "val" else 0.0)}
+                       for c in COLUMNS} for split in ("val", "test")}
+    io.write_json(run.metrics, metrics)
     if link is not None:
-        rng = np.random.default_rng(seed * 1000 + sum(map(ord, model)))
+        rng = np.random.default_rng(fold * 100 + seed * 7 + sum(map(ord, model)))
         arrays = {}
         for split, n in (("train", 300), ("val", 50), ("test", 200)):
             shared = rng.standard_normal((n, 1))
-            for modality in ("a", "b"):
+            for modality in ("rotated", "noisy"):
                 private = rng.standard_normal((n, 6))
                 arrays[f"{split}/{modality}"] = link * shared + np.sqrt(1 - link**2) * private
             arrays[f"{split}/label"] = rng.integers(0, 2, n)
-        np.savez(run / "features.npz", **arrays)
+        io.save_npz(run.features, arrays)
 
 
 def supportive_sweep(root: Path) -> None:
-    """Two seeds of a sweep in which every claim holds by construction."""
-    for seed, jitter in ((1, 0.0), (2, 0.004)):
-        write_run(root, "CR", seed, 0.80 + jitter, link=0.2)
-        write_run(root, "XX", seed, 0.90 + jitter, link=0.6)
-        write_run(root, "RR", seed, 0.86 + jitter, link=0.8)
-        write_run(root, "XX-RR", seed, 0.88 + jitter, link=0.9)  # RR lowers the probe a little
-        write_run(root, "dccae", seed, 0.84 + jitter)
-        write_run(root, "mmvae", seed, 0.70 + jitter)
+    """5 folds × 2 seeds in which every claim holds by construction."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for fold in range(5):
+        for seed in (1, 2):
+            run_offset = rng.normal(0, 0.01)
+            jitter = {m: rng.normal(0, 0.003) for m in ("CR", "XX", "RR", "XX-RR", "CC",
+                                                         "dccae", "mmvae")}
+            write_run(root, "CR", fold, seed, 0.80 + run_offset + jitter["CR"], link=0.2)
+            write_run(root, "XX", fold, seed, 0.90 + run_offset + jitter["XX"], link=0.6)
+            write_run(root, "RR", fold, seed, 0.86 + run_offset + jitter["RR"], link=0.8)
+            write_run(root, "XX-RR", fold, seed, 0.88 + run_offset + jitter["XX-RR"], link=0.9)
+            write_run(root, "CC", fold, seed, 0.84 + run_offset + jitter["CC"], link=0.5)
+            write_run(root, "dccae", fold, seed, 0.82 + run_offset + jitter["dccae"])
+            write_run(root, "mmvae", fold, seed, 0.70 + run_offset + jitter["mmvae"])
+            entries += [{"model": m, "method": "x", "fold": fold, "seed": seed,
+                         "run": f"{m}/fold{fold}-seed{seed}"}
+                        for m in ("CR", "XX", "RR", "XX-RR", "CC", "dccae", "mmvae")]
+    io.write_json(SweepDir(root).plan, {"entries": entries, "requested": [
+        [e["model"], e["fold"], e["seed"]] for e in entries]})
 
 
-def by_claim(verdicts):
-    return {v.claim.split(".")[0]: v for v in verdicts}
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    supportive_sweep(root)
+    return root
 
 
-def test_every_claim_holds_on_a_sweep_built_to_support_it(tmp_path):
-    supportive_sweep(tmp_path)
-    verdicts = by_claim(check_claims(load_sweep(tmp_path), permutations=50))
-    assert {k: v.status for k, v in verdicts.items()} == {str(i): "holds" for i in range(1, 6)}
-    one = verdicts["1"].details["joint"]
-    assert one["chosen"] == "XX"
-    assert one["difference"]["mean"] == pytest.approx(0.10)
-    assert one["difference"]["n"] == 2
-    assert one["multimodal_models_above_CR"] == "3/3"
-    two = verdicts["2"].details["a"]
-    assert (two["best"], two["worst"]) == ("XX", "CR")
-    assert two["spread"] == pytest.approx(0.10)
-    three = verdicts["3"].details
-    assert set(three["link_gain_per_pair"]) == {"XX → XX-RR"}
-    assert three["link_gain"]["mean"] > 0.03
-    assert three["probe_effect"]["a"] == pytest.approx(-0.02)
-    assert "lowered: a, b, joint" in verdicts["3"].summary
-    four = verdicts["4"].details
-    assert four["joint/dccae"]["difference"]["mean"] == pytest.approx(0.06)
-    assert four["joint/mmvae"]["difference"]["mean"] == pytest.approx(0.20)
-    five = verdicts["5"].details
-    assert five["XX-RR"]["first_correlation_mean"] > five["CR"]["first_correlation_mean"]
-    assert five["XX"]["significant"] == five["XX"]["runs"] == 2
+def test_every_claim_is_supported_on_a_sweep_built_to_support_it(sweep: Path) -> None:
+    report = check_sweep(SweepDir(sweep), permutations=30)
+    assert [v.status for v in report.verdicts] == ["supported"] * 5, [
+        (v.claim_id, v.summary) for v in report.verdicts]
+    assert report.runs == 70 and report.metric == "accuracy"
+    one = next(c for c in report.verdicts[0].comparisons if c.column == "joint")
+    assert one.label.startswith("XX") and one.n == 10
+    assert one.mean == pytest.approx(0.10, abs=0.01) and one.p_adjusted < 0.01
+    four = {c.label for c in report.verdicts[3].comparisons}
+    assert any("dccae" in label for label in four) and any("mmvae" in label for label in four)
 
 
-def test_claims_that_the_data_contradict_do_not_hold(tmp_path):
-    for seed, jitter in ((1, 0.0), (2, 0.03)):
-        write_run(tmp_path, "CR", seed, 0.90 + jitter, link=0.5)  # unimodal is best
-        write_run(tmp_path, "XX", seed, 0.89 + 2 * jitter, link=0.8)
-        write_run(tmp_path, "XX-RR", seed, 0.88 + jitter, link=0.0)  # RR kills the link
-        write_run(tmp_path, "dccae", seed, 0.95 + jitter)
-        write_run(tmp_path, "mmvae", seed, 0.96 + jitter)
-    verdicts = by_claim(check_claims(load_sweep(tmp_path), permutations=50))
-    assert verdicts["1"].status == "mixed"  # XX is ahead on average but not consistently
-    assert verdicts["1"].details["a"]["difference"]["mean"] == pytest.approx(0.005)
-    assert verdicts["2"].status == "does not hold"  # 0.025 spread against 0.028 run std
-    assert verdicts["3"].status == "does not hold"
-    assert verdicts["4"].status == "does not hold"
-    assert verdicts["5"].status == "mixed"  # XX links the modalities, XX-RR does not
+def test_committed_files_give_the_same_verdicts(sweep: Path, tmp_path: Path) -> None:
+    """What `mmssl claims` writes beside the sweep is enough to decide the claims again."""
+    directory = SweepDir(sweep)
+    report = check_sweep(directory, permutations=30)
+    write_claims(directory, report)
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    for source in (directory.scores, directory.links_table):
+        (committed / source.name).write_bytes(source.read_bytes())
+    again = claims_from_files([committed / "scores.csv"], [committed / "links.csv"])
+    assert [(v.status, v.summary) for v in again.verdicts] == [
+        (v.status, v.summary) for v in report.verdicts]
+    scores = (committed / "scores.csv").read_text().splitlines()
+    assert scores[0] == ("model,method,fold,seed,split,modality,metric,value,config_hash,"
+                         "mmssl_version")
+    assert len(scores) == 1 + 70 * 2 * 3  # runs × splits × columns (one metric)
 
 
-def test_models_are_chosen_on_validation_never_on_test(tmp_path):
-    for seed in (1, 2):
-        write_run(tmp_path, "CR", seed, 0.80)
-        write_run(tmp_path, "XX", seed, 0.82, val=0.95)  # best on validation
-        write_run(tmp_path, "RR", seed, 0.90, val=0.85)  # best on test
-    scores = SweepScores(load_sweep(tmp_path))
-    assert scores.chosen_on_validation(["XX", "RR"], "joint") == "XX"
-    verdicts = by_claim(check_claims(load_sweep(tmp_path)))
-    assert verdicts["1"].details["joint"]["difference"]["mean"] == pytest.approx(0.02)
+def test_contradicted_claims_are_not_supported(tmp_path: Path) -> None:
+    for fold in range(5):
+        for seed in (1, 2):
+            write_run(tmp_path, "CR", fold, seed, 0.90 + 0.001 * fold, link=0.7)
+            write_run(tmp_path, "XX", fold, seed, 0.80 + 0.001 * fold, link=0.3)
+            write_run(tmp_path, "RR", fold, seed, 0.80 + 0.001 * fold, link=0.3)
+            write_run(tmp_path, "dccae", fold, seed, 0.95 + 0.001 * fold)
+    report = check_sweep(SweepDir(tmp_path), permutations=30)
+    status = {v.claim_id: v.status for v in report.verdicts}
+    assert status[1] == "not supported" and status[4] == "not supported"
+    assert status[3] == "not tested"  # no (O, O+RR) pair
 
 
-def test_missing_models_mean_not_tested(tmp_path):
-    write_run(tmp_path, "XX", 1, 0.9)
-    verdicts = by_claim(check_claims(load_sweep(tmp_path)))
-    assert verdicts["1"].status == "not tested" and "CR" in verdicts["1"].summary
-    assert verdicts["2"].status == "not tested"
-    assert verdicts["3"].status == "not tested"
-    assert verdicts["4"].status == "not tested" and "dccae" in verdicts["4"].summary
-    assert verdicts["5"].status == "not tested"
-
-
-def test_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(ClaimsError, match="no finished runs"):
-        load_sweep(tmp_path)
-    assert main(["claims", str(tmp_path)]) == 2
-    assert "no finished runs" in capsys.readouterr().out
-
-
-def test_claims_command_writes_markdown_and_json(tmp_path, capsys):
-    supportive_sweep(tmp_path)
-    assert main(["claims", str(tmp_path), "--permutations", "20"]) == 0
-    printed = capsys.readouterr().out
-    assert "multimodal beats unimodal" in printed and "holds" in printed
-    payload = json.loads((tmp_path / "claims.json").read_text())
-    assert payload["metric"] == "accuracy" and len(payload["claims"]) == 5
-    table = (tmp_path / "claims.md").read_text()
-    assert table.count("| holds |") == 5
+def test_command_line_on_a_sweep_and_on_committed_files(sweep: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(sweep.parent)
+    assert main(["claims", sweep.name, "--permutations", "20"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "supported" in printed and "claims.md" in printed
+    payload = json.loads((sweep / "claims.json").read_text())
+    assert [c["claim_id"] for c in payload["claims"]] == [1, 2, 3, 4, 5]
+    markdown = tmp_path / "claims.md"
+    assert main(["claims", "--scores", str(sweep / "scores.csv"), "--links",
+                 str(sweep / "links.csv"), "--markdown", str(markdown)]) == 0
+    text = markdown.read_text()
+    assert text.startswith("# The paper's claims on scores.csv")
+    assert "| 1. multimodal beats unimodal | supported |" in text
+    assert "Holm" in text

@@ -73,24 +73,26 @@ def test_sweep_table_and_figure(tiny_mnist_dir, tmp_path, capsys):
     assert (out / "CR" / "fold0-seed343" / "metrics.json").stat().st_mtime_ns == stamp
     # The claims are checked on the real runs' metrics and features.
     assert main(["claims", str(out), "--permutations", "10"]) == 0
-    claims = {c["claim"][0]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
-    assert claims["1"]["status"] != "not tested"
-    assert claims["1"]["details"]["joint"]["chosen"] == "RR"
-    assert set(claims["5"]["details"]) == {"RR", "CR"}
-    assert claims["4"]["status"] == "not tested"
+    claims = {c["claim_id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    assert claims[1]["status"] != "not tested"
+    joint = next(c for c in claims[1]["comparisons"] if c["column"] == "joint")
+    assert joint["label"].startswith("RR") and joint["n"] == 1
+    assert claims[4]["status"] == "not tested"
+    assert (out / "scores.csv").read_text().startswith("model,method,fold,seed,split")
+    assert (out / "links.csv").read_text().startswith("model,fold,seed,first")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["run", "--objective", "CR-QQ"], "Valid objectives: CR, XX, CC, RR"),
-        (["run", "--preset", "nope"], "valid presets: ae-mnist_svhn"),
+        (["run", "--preset", "nope"], "valid presets: ae, cr_cca"),
         (["run", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["run", "--fold", "9"], "data.fold: must be in 0..4"),
         (["run", "--modalities", "rotated,blurry"], "blurry"),
         (["run", "--bogus", "1"], "valid flags of `mmssl run`: --accelerator, --batch-size"),
         (["sweep", "--objectives", "CR,CR", "--out", "x"], "listed twice"),
-        (["evaluate", "/nonexistent/run"], "not a run directory"),
+        (["evaluate", "/nonexistent/run"], "/nonexistent/run does not exist"),
     ],
 )
 def test_bad_input_gives_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
@@ -118,44 +120,50 @@ def test_sweep_over_folds_and_seeds_aggregates_mean_and_std(tiny_mnist_dir, tmp_
     table = (out / "results.md").read_text()
     assert f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in table
     assert "over 4 run(s)" in table
-    assert len((out / "runs.csv").read_text().splitlines()) > 4 * 3
+    assert len((out / "scores.csv").read_text().splitlines()) > 4 * 3
 
 
 def test_sweep_objectives_all_means_the_fifteen(monkeypatch, tmp_path):
-    import mmssl.sweep
+    import mmssl.runs.sweep
 
     seen = {}
 
-    def fake_run_sweep(base, objectives, out, methods, **kwargs):
-        seen["objectives"] = objectives
+    def fake_run_sweep(entries, out, launcher=None):
+        seen["models"] = [e.model for e in entries]
         raise SystemExit(0)
 
-    monkeypatch.setattr(mmssl.sweep, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(mmssl.runs.sweep, "run_sweep", fake_run_sweep)
     with pytest.raises(SystemExit):
         main(["sweep", "--objectives", "all", "--out", str(tmp_path)])
     from mmssl.objectives.taxonomy import all_objectives
-    assert seen["objectives"] == all_objectives()
+    assert seen["models"] == all_objectives()
 
 
 def test_aggregate_mean_std():
-    from mmssl.sweep import aggregate
+    import pandas as pd
 
-    runs = [{"model": "X", "metrics": {"test": {"a": {"accuracy": v}}}} for v in (0.5, 0.7, 0.9)]
-    stats = aggregate(runs)[0]["metrics"]["test"]["a"]["accuracy"]
-    assert stats["mean"] == pytest.approx(0.7) and stats["std"] == pytest.approx(0.2)
-    assert stats["n"] == 3
+    from mmssl.analysis.aggregate import summarise
+
+    scores = pd.DataFrame({"model": "X", "split": "test", "modality": "a",
+                           "metric": "accuracy", "value": [0.5, 0.7, 0.9]})
+    row = summarise(scores).iloc[0]
+    assert row["mean"] == pytest.approx(0.7) and row["std"] == pytest.approx(0.2)
+    assert row["n"] == 3
 
 
 def test_mode_effects_are_differences_of_paired_models():
-    from mmssl.sweep import mode_effects
+    import pandas as pd
 
-    def row(model, value):
-        return {"model": model, "metrics": {"test": {"a": {"accuracy": {
-            "mean": value, "std": 0.0, "n": 1}}}}}
+    from mmssl.analysis.aggregate import mode_effects
+    from mmssl.analysis.claim_rules import ModelInfo
 
-    rows = [row("CR", 0.5), row("CR-XX", 0.8), row("XX", 0.7), row("XX-RR", 0.6),
-            row("RR", 0.65), row("supervised", 0.99)]
-    effects = mode_effects(rows, ["a"])
+    values = {"CR": 0.5, "CR-XX": 0.8, "XX": 0.7, "XX-RR": 0.6, "RR": 0.65, "supervised": 0.99}
+    summary = pd.DataFrame([{"model": m, "split": "test", "modality": "a", "metric": "accuracy",
+                             "mean": v, "std": 0.0, "n": 1} for m, v in values.items()])
+    models = {m: ModelInfo("taxonomy", frozenset(m.split("-"))) for m in values
+              if m != "supervised"}
+    models["supervised"] = ModelInfo("baseline")
+    effects = mode_effects(summary, models, ["a"], "accuracy")
     # XX added to CR (+0.3) and to RR (0.6 − 0.65): two pairs.
     assert effects["XX"]["a"] == {"mean": pytest.approx(0.125), "pairs": 2}
     assert effects["CR"]["a"] == {"mean": pytest.approx(0.1), "pairs": 1}  # XX → CR-XX
@@ -175,7 +183,7 @@ def test_sweep_runs_in_parallel_subprocesses_through_submitit(tiny_mnist_dir, tm
 
 def test_sweep_resumes_an_interrupted_run(tiny_mnist_dir, tmp_path):
     from mmssl import config as cfg
-    from mmssl.pipeline import RunDir
+    from mmssl.runs.rundir import RunDir
 
     out = tmp_path / "sweep"
     args = ["sweep", "--objectives", "RR", "--data-dir", str(tiny_mnist_dir), "--out", str(out),

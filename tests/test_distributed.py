@@ -109,7 +109,8 @@ def test_lightning_ddp_on_two_cpu_processes_trains_and_evaluates(tiny_mnist_dir,
     import json
 
     from mmssl import config as cfg
-    from mmssl.pipeline import evaluate, pretrain
+    from mmssl.runs.evaluation import evaluate
+    from mmssl.runs.training import pretrain
 
     config = cfg.resolve("quick", None, {
         "objective.name": "XX-RR", "data.data_dir": str(tiny_mnist_dir), "data.batch_size": 8,

@@ -1,13 +1,26 @@
-"""InfoNCE estimator: golden values of the reference (fusion-spec §2.7) and an explicit oracle."""
+"""InfoNCE estimator: golden values of the reference (fusion-spec §2.7), explicit oracles, and
+the lean (chunked, recomputing) estimator against the dense one."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from mmssl.objectives.infonce import critic_scores, infonce, infonce_with_masks
+from mmssl.objectives.infonce import (
+    CHUNK_ELEMENTS,
+    _dense_infonce,
+    _lean_infonce,
+    auto_chunk_size,
+    critic_scores,
+    infonce,
+    infonce_dense,
+    infonce_with_masks,
+)
+
+ESTIMATORS = ["lean", "dense"]
 
 
 def loop_oracle(anchors, candidates, *, clip, penalty_weight, scale):
@@ -35,11 +48,13 @@ def loop_oracle(anchors, candidates, *, clip, penalty_weight, scale):
     return sum(terms) / len(terms), penalty.item()
 
 
-def test_golden_values_of_the_reference():
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_golden_values_of_the_reference(estimator):
     torch.manual_seed(42)
     x = torch.rand(8, 64, 32)
     y = torch.rand(8, 64, 1)
-    result = infonce(y, x, critic="dot", clip=10.0, penalty_weight=0.04)
+    result = infonce(y, x, critic="dot", clip=10.0, penalty_weight=0.04, estimator=estimator,
+                     chunk_size=3)
     assert result.loss.item() == pytest.approx(5.4309, abs=1e-4)
     assert result.penalty.item() == pytest.approx(10.2132, abs=1e-4)
 
@@ -54,12 +69,13 @@ def test_critic_golden_values():
     assert cosine[..., 0, 0].sum().item() == pytest.approx(2.8963, abs=1e-4)
 
 
-@pytest.mark.parametrize("n_anchor", [1, 3])
-def test_matches_loop_oracle(n_anchor):
+@pytest.mark.parametrize(("n_anchor", "estimator"), list(itertools.product([1, 3], ESTIMATORS)))
+def test_matches_loop_oracle(n_anchor, estimator):
     torch.manual_seed(0)
     anchors = torch.randn(5, 8, n_anchor)
     candidates = torch.randn(5, 8, 6)
-    result = infonce(anchors, candidates, critic="scaled_dot", clip=20.0, penalty_weight=0.04)
+    result = infonce(anchors, candidates, critic="scaled_dot", clip=20.0, penalty_weight=0.04,
+                     estimator=estimator, chunk_size=2)
     loss, penalty = loop_oracle(anchors, candidates, clip=20.0, penalty_weight=0.04,
                                 scale=1 / math.sqrt(8))
     assert result.loss.item() == pytest.approx(loss, rel=1e-5)
@@ -97,38 +113,269 @@ def test_aligned_pairs_beat_shuffled_pairs():
     assert aligned < math.log(32)  # better than chance (log of the number of candidates)
 
 
-def test_no_clip_and_no_penalty():
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_no_clip_and_no_penalty(estimator):
     torch.manual_seed(4)
     a, c = torch.randn(4, 8, 1), torch.randn(4, 8, 5)
-    result = infonce(a, c, clip=None, penalty_weight=0.0)
+    result = infonce(a, c, clip=None, penalty_weight=0.0, estimator=estimator, chunk_size=3)
     loss, _ = loop_oracle(a, c, clip=1e9, penalty_weight=0.0, scale=1 / math.sqrt(8))
     assert result.penalty.item() == 0.0
     assert result.loss.item() == pytest.approx(loss, rel=1e-5)
 
 
+def saved_tensor_sizes(fn, anchors, candidates):
+    """numel of every tensor the autograd graph of fn(...).loss + penalty saves for backward."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn(anchors, candidates)
+        (result.loss + result.penalty).backward()
+    return sizes
+
+
 def test_memory_is_linear_in_locations():
-    """The fast estimator's autograd graph holds no B×B×L masks: saved tensors grow like the
-    score tensor (linearly in L) and stay well below the mask-based version."""
+    """Neither estimator's autograd graph holds B×B×L masks: saved tensors grow linearly in L
+    and stay well below the mask-based version."""
     def saved_bytes(fn, n_loc):
         anchors = torch.randn(32, 64, 1, requires_grad=True)
         candidates = torch.randn(32, 64, n_loc, requires_grad=True)
-        total = 0
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn(anchors, candidates).loss.backward()
-        return total
-    small, large = saved_bytes(infonce, 64), saved_bytes(infonce, 512)
-    assert large / small < 8 * 1.1  # linear in locations
-    assert saved_bytes(infonce_with_masks, 512) > 1.3 * large  # the masks it keeps
+        return 4 * sum(saved_tensor_sizes(fn, anchors, candidates))
+    for fn in (infonce, infonce_dense):
+        small, large = saved_bytes(fn, 64), saved_bytes(fn, 512)
+        assert large / small < 8 * 1.1  # linear in locations
+        assert saved_bytes(infonce_with_masks, 512) > 1.3 * large  # the masks it keeps
 
 
-def test_rejects_bad_shapes():
+def test_lean_saves_no_score_sized_tensor():
+    """At L = 512 the lean estimator saves only its inputs and B×B-sized tensors, while the
+    dense one saves several B·B·L_x·L_y score tensors (which shows the hook sees them)."""
+    torch.manual_seed(5)
+    batch, channels, n_loc = 16, 4, 512
+    anchors = torch.randn(batch, channels, 1, requires_grad=True)
+    candidates = torch.randn(batch, channels, n_loc, requires_grad=True)
+    score_numel = batch * batch * n_loc
+    lean = saved_tensor_sizes(infonce, anchors, candidates)
+    dense = saved_tensor_sizes(infonce_dense, anchors, candidates)
+    assert max(lean) <= max(candidates.numel(), batch * batch)
+    assert max(lean) <= score_numel // 4
+    assert candidates.numel() in lean  # the Function's own saves went through the hook
+    assert sum(n >= score_numel for n in dense) >= 2
+
+
+def allocation_peak_bytes(fn, anchors, candidates):
+    """Peak of live CPU bytes over fwd+bwd, replaying the profiler's allocation events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        result = fn(anchors, candidates)
+        (result.loss + result.penalty).backward()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def test_lean_peak_memory_is_a_fraction_of_dense():
+    """Forward + backward peak, counted allocation by allocation (deterministic): the dense
+    estimator holds several score tensors at once, the lean one about one chunk's worth, and
+    its peak shrinks with the chunk."""
+    torch.manual_seed(6)
+    batch, channels, n_loc = 32, 8, 512  # one score tensor: 2 MiB
+    anchors = torch.randn(batch, channels, 1, requires_grad=True)
+    candidates = torch.randn(batch, channels, n_loc, requires_grad=True)
+    dense = allocation_peak_bytes(infonce_dense, anchors, candidates)
+    quarters = allocation_peak_bytes(lambda a, c: infonce(a, c, chunk_size=8),
+                                     anchors, candidates)
+    small_chunks = allocation_peak_bytes(lambda a, c: infonce(a, c, chunk_size=2),
+                                         anchors, candidates)
+    score_bytes = 4 * batch * batch * n_loc
+    assert dense > 4 * score_bytes
+    assert quarters < dense / 3
+    # 2 samples per chunk: 128 KiB of scores; the peak is then the candidates' gradient
+    # (0.5 MiB) and a few chunk buffers, about half of ONE full score tensor.
+    assert small_chunks < quarters / 1.5
+    assert small_chunks < 0.6 * score_bytes
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_rejects_bad_shapes(estimator):
     with pytest.raises(ValueError, match="batch size and channel"):
-        infonce(torch.randn(4, 8, 1), torch.randn(4, 7, 3))
+        infonce(torch.randn(4, 8, 1), torch.randn(4, 7, 3), estimator=estimator)
+    with pytest.raises(ValueError, match="batch size and channel"):
+        infonce(torch.randn(4, 8, 1), torch.randn(5, 8, 3), estimator=estimator)
     with pytest.raises(ValueError, match="at least 2 samples"):
-        infonce(torch.randn(1, 8, 1), torch.randn(1, 8, 3))
+        infonce(torch.randn(1, 8, 1), torch.randn(1, 8, 3), estimator=estimator)
     with pytest.raises(ValueError, match="unknown critic"):
-        infonce(torch.randn(4, 8, 1), torch.randn(4, 8, 3), critic="bilinear")  # type: ignore[arg-type]
+        infonce(torch.randn(4, 8, 1), torch.randn(4, 8, 3), critic="bilinear",  # type: ignore[arg-type]
+                estimator=estimator)
+    with pytest.raises(ValueError, match="clip must be positive"):
+        infonce(torch.randn(4, 8, 1), torch.randn(4, 8, 3), clip=0.0, estimator=estimator)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -2, 2.5, True, "4"])
+def test_rejects_bad_chunk_size(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        infonce(torch.randn(4, 8, 1), torch.randn(4, 8, 3), chunk_size=chunk_size)
+
+
+def test_rejects_unknown_estimator():
+    with pytest.raises(ValueError, match="unknown estimator 'sparse'"):
+        infonce(torch.randn(4, 8, 1), torch.randn(4, 8, 3), estimator="sparse")  # type: ignore[arg-type]
+
+
+# ---- lean versus dense ----------------------------------------------------------------------
+
+def loss_and_grads(fn, anchors, candidates):
+    anchors = anchors.detach().requires_grad_()
+    candidates = candidates.detach().requires_grad_()
+    result = fn(anchors, candidates)
+    grads = torch.autograd.grad(result.loss + 3.0 * result.penalty, (anchors, candidates))
+    return result.loss.item(), result.penalty.item(), grads
+
+
+def assert_same(lean, dense):
+    (l_loss, l_pen, l_grads), (d_loss, d_pen, d_grads) = lean, dense
+    assert l_loss == pytest.approx(d_loss, rel=1e-5)
+    assert l_pen == pytest.approx(d_pen, rel=1e-5, abs=1e-12)
+    for got, want in zip(l_grads, d_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("critic", "clip", "n_anchor"),
+    list(itertools.product(["scaled_dot", "dot", "cosine"], [20.0, 1.0, None, 500.0], [1, 3])),
+)
+def test_lean_equals_dense_and_masks(critic, clip, n_anchor):
+    """Loss, penalty and gradients agree for every critic, clip (500 takes the shifted
+    log-sum-exp), L_y, penalty on/off and chunk sizes that do and do not divide B."""
+    torch.manual_seed(7)
+    batch = 7
+    anchors = 2.0 * torch.randn(batch, 8, n_anchor)
+    candidates = 2.0 * torch.randn(batch, 8, 5)
+    for penalty_weight in (0.04, 0.0):
+        settings = dict(critic=critic, clip=clip, penalty_weight=penalty_weight,
+                        temperature=0.3)
+        dense = loss_and_grads(lambda a, c, s=settings: infonce_dense(a, c, **s),
+                               anchors, candidates)
+        masks = infonce_with_masks(anchors, candidates, **settings)
+        assert dense[0] == pytest.approx(masks.loss.item(), rel=1e-5)
+        for chunk_size in (None, 1, 3, 7, 50):
+            lean = loss_and_grads(
+                lambda a, c, s=settings, k=chunk_size: infonce(a, c, chunk_size=k, **s),
+                anchors, candidates)
+            assert_same(lean, dense)
+            if not penalty_weight:
+                assert lean[1] == 0.0
+
+
+def test_lean_accepts_non_contiguous_inputs():
+    torch.manual_seed(13)
+    anchors = torch.randn(6, 2, 8).transpose(1, 2)  # (6, 8, 2), strided
+    candidates = torch.randn(6, 5, 8).transpose(1, 2)  # (6, 8, 5), strided
+    lean = loss_and_grads(lambda a, c: infonce(a, c, chunk_size=4), anchors, candidates)
+    dense = loss_and_grads(infonce_dense, anchors.contiguous(), candidates.contiguous())
+    assert_same(lean, dense)
+
+
+@pytest.mark.parametrize("clip", [2.0, None])
+def test_lean_gradcheck_float64(clip):
+    torch.manual_seed(8)
+    anchors = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    candidates = torch.randn(4, 4, 3, dtype=torch.float64, requires_grad=True)
+
+    def parts(a, c):
+        # 4 candidate samples for 3 anchors: the own samples start at row 1 (offset path)
+        result = _lean_infonce(a, c, 1, critic="dot", clip=clip, penalty_weight=0.3,
+                               temperature=1.0, chunk_size=3)
+        return result.loss, result.penalty
+
+    assert torch.autograd.gradcheck(parts, (anchors, candidates))
+
+
+def offset_oracle(anchors, candidates, offset, clip):
+    """ℓ(i,a,b) with the own sample of anchor i at candidate row offset + i, by loops."""
+    raw = torch.einsum("icb,jca->ijab", anchors.double(), candidates.double())
+    scores = clip * torch.tanh(raw / clip)
+    terms = []
+    for i in range(anchors.shape[0]):
+        own = offset + i
+        negatives = torch.cat([scores[i, j].flatten() for j in range(candidates.shape[0])
+                               if j != own])
+        for a, b in itertools.product(range(candidates.shape[2]), range(anchors.shape[2])):
+            pos = scores[i, own, a, b]
+            terms.append(-pos + torch.logsumexp(torch.cat([pos[None], negatives]), 0))
+    return torch.stack(terms).mean().item()
+
+
+def test_offset_path_as_under_data_parallel_gather():
+    """Local anchors (B = 3) against a gathered candidate batch (B' = 9) whose own rows start
+    at 6: the lean and dense internals agree with each other and with a loop oracle."""
+    torch.manual_seed(9)
+    anchors = torch.randn(3, 6, 2)
+    candidates = torch.randn(9, 6, 4)
+    settings = dict(critic="dot", clip=5.0, penalty_weight=0.04, temperature=1.0)
+    dense = loss_and_grads(lambda a, c: _dense_infonce(a, c, 6, **settings), anchors, candidates)
+    for chunk_size in (None, 2, 4):
+        lean = loss_and_grads(
+            lambda a, c, k=chunk_size: _lean_infonce(a, c, 6, chunk_size=k, **settings),
+            anchors, candidates)
+        assert_same(lean, dense)
+    assert dense[0] == pytest.approx(offset_oracle(anchors, candidates, 6, 5.0), rel=1e-5)
+    # The penalty averages over all B·B'·L_x·L_y raw scores.
+    raw = torch.einsum("icb,jca->ijab", anchors, candidates)
+    assert dense[1] == pytest.approx(0.04 * raw.pow(2).mean().item(), rel=1e-5)
+
+
+def test_gradient_through_one_output_only():
+    """Backward through the loss alone or the penalty alone (the other output unused)."""
+    torch.manual_seed(10)
+    anchors, candidates = torch.randn(5, 8, 2), torch.randn(5, 8, 6)
+    for part in ("loss", "penalty"):
+        grads = {}
+        for estimator in ESTIMATORS:
+            a, c = anchors.clone().requires_grad_(), candidates.clone().requires_grad_()
+            result = infonce(a, c, estimator=estimator, chunk_size=2)
+            grads[estimator] = torch.autograd.grad(getattr(result, part), (a, c))
+        for got, want in zip(grads["lean"], grads["dense"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_lean_under_autocast_computes_in_float32():
+    torch.manual_seed(11)
+    anchors, candidates = torch.randn(6, 16, 1), torch.randn(6, 16, 10)
+    plain = infonce(anchors, candidates, chunk_size=4)
+    a, c = anchors.clone().requires_grad_(), candidates.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = infonce(a, c, chunk_size=4)
+    assert mixed.loss.dtype == torch.float32
+    assert mixed.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5)
+    (mixed.loss + mixed.penalty).backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+def test_auto_chunk_size():
+    # The most candidate samples whose B·L_y·k·L_x scores fit the budget.
+    assert auto_chunk_size(64, 1, 512, 64) == CHUNK_ELEMENTS // (64 * 512)
+    assert 64 * auto_chunk_size(64, 1, 512, 64) * 512 <= CHUNK_ELEMENTS
+    assert 64 * (auto_chunk_size(64, 1, 512, 64) + 1) * 512 > CHUNK_ELEMENTS
+    assert auto_chunk_size(8, 1, 16, 8) == 8  # a small problem is one chunk
+    assert auto_chunk_size(64, 1, 512, 64, budget=100) == 1  # never less than one sample
+    assert auto_chunk_size(64, 2, 512, 64, budget=2 * 64 * 512 * 3) == 3
+
+
+def test_lean_penalty_is_accurate_on_many_scores():
+    """The sum of squared scores over half a million float32 scores stays within 1e-6 of the
+    float64 value (a naive running sum drifts by ~1e-5 here)."""
+    torch.manual_seed(12)
+    anchors = torch.randn(16, 8, 1) + 0.5
+    candidates = torch.randn(16, 8, 2048) + 0.5
+    exact = infonce_dense(anchors.double(), candidates.double()).penalty.item()
+    for chunk_size in (None, 3):
+        lean = infonce(anchors, candidates, chunk_size=chunk_size).penalty.item()
+        assert lean == pytest.approx(exact, rel=1e-6)

@@ -11,7 +11,8 @@ import torch
 from mmssl import config as cfg
 from mmssl.cli import main
 from mmssl.methods import METHODS
-from mmssl.pipeline import evaluate, generate, pretrain
+from mmssl.runs.evaluation import evaluate, generate
+from mmssl.runs.training import pretrain
 
 SHAPES = {"rotated": (1, 32, 32), "noisy": (1, 32, 32)}
 BASELINES = ["supervised", "ae", "dccae", "cr_cca", "rr_ae", "mmvae"]
@@ -144,7 +145,7 @@ def test_mnist_svhn_end_to_end_with_mmvae(tiny_mnist_svhn_dir, tmp_path):
 
 
 def test_same_class_pairing_reaches_the_data_module(tiny_mnist_dir):
-    from mmssl.pipeline import make_datamodule
+    from mmssl.runs.build import build_datamodule as make_datamodule
 
     config = tiny("taxonomy", **{"data.data_dir": str(tiny_mnist_dir),
                                  "data.pairing": "same_class"})

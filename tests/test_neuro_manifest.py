@@ -28,12 +28,6 @@ from conftest import (  # noqa: E402
 )
 
 from mmssl.data import neuro  # noqa: E402
-from mmssl.data.grid import (  # noqa: E402
-    TargetGrid,
-    mni_brain_bbox_centre,
-    mni_brain_mask,
-    mni_grid,
-)
 from mmssl.data.neuro import (  # noqa: E402
     ManifestError,
     Preprocessing,
@@ -42,6 +36,12 @@ from mmssl.data.neuro import (  # noqa: E402
     preprocess_volume,
     read_manifest,
     validate_volumes,
+)
+from mmssl.data.neuro.grid import (  # noqa: E402
+    TargetGrid,
+    mni_brain_bbox_centre,
+    mni_brain_mask,
+    mni_grid,
 )
 
 MODS = ("t1", "falff")
@@ -90,13 +90,15 @@ def one(problems: list[Problem]) -> Problem:
 def counting_preprocess(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Spy on ``preprocess_volume`` as called by ``load_cohort``; returns the list of calls."""
     calls: list[Path] = []
-    original = neuro.preprocess_volume
+    import mmssl.data.neuro.cohort as cohort_module
+
+    original = cohort_module.preprocess_volume
 
     def spy(path: Path, *args: object, **kwargs: object) -> np.ndarray:
         calls.append(Path(path))
         return original(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(neuro, "preprocess_volume", spy)
+    monkeypatch.setattr(cohort_module, "preprocess_volume", spy)
     return calls
 
 

@@ -4,6 +4,7 @@ saliency maps in brain space and multimodal links, on a simulated cohort."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,9 +14,12 @@ import torch
 
 from mmssl import config as cfg
 from mmssl.cli import main
+from mmssl.data.neuro.augment import shared_crop_flip
 from mmssl.data.splits import subject_splits
-from mmssl.data.volume_views import shared_crop_flip
-from mmssl.pipeline import RunDir, evaluate, make_datamodule, pretrain
+from mmssl.runs.build import build_datamodule as make_datamodule
+from mmssl.runs.evaluation import evaluate
+from mmssl.runs.rundir import RunDir
+from mmssl.runs.training import pretrain
 
 
 def test_subject_splits_never_leak_and_keep_unlabelled_for_pretraining():
@@ -103,13 +107,14 @@ def test_saliency_maps_are_nifti_in_the_input_space(neuro_run):
         entry = report["modalities"][modality]
         assert {"probe_patients", "probe_controls", "probe_difference", "latent_0"} <= set(
             entry["maps"])
-        image = nib.load(entry["maps"]["probe_all"])
+        image = nib.load(neuro_run / entry["maps"]["probe_all"])
         assert image.shape == tuple(grid.shape)
         assert np.allclose(image.affine, grid.affine)
         assert np.isfinite(np.asarray(image.dataobj)).all()
         assert 0.0 <= entry["localisation_auc"]["probe"] <= 1.0  # simulated ground truth found
     for figure in report["figures"]:
-        with open(figure, "rb") as handle:
+        assert not Path(figure).is_absolute()  # recorded relative to the run directory
+        with open(neuro_run / figure, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -120,11 +125,14 @@ def test_links_report_test_correlations_against_a_permutation_null(neuro_run):
     assert len(report["test_correlations"]) == 2
     assert np.asarray(report["null_correlations"]).shape == (20, 2)
     assert set(report["severity_correlation"]) == {"t1", "falff"}
-    assert nib.load(report["maps"]["component0_t1"]).shape == (32, 32, 32)
+    assert set(report["coupling_correlation"]) == {"t1", "falff"}
+    assert nib.load(neuro_run / report["maps"]["component0_t1"]).shape == (32, 32, 32)
 
 
 def test_neuro_needs_a_manifest_and_modalities(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--dataset", "neuro"]) == 2
-    assert "data.manifest" in " ".join(capsys.readouterr().out.split())
+    assert "--modalities t1,falff" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", "--dataset", "neuro", "--modalities", "t1,falff"]) == 2
+    assert "needs a manifest CSV (--manifest FILE)" in " ".join(capsys.readouterr().out.split())
     assert main(["saliency", str(tmp_path)]) == 2

@@ -12,6 +12,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import Tensor, nn
 
+from mmssl.evaluation.plots import plot_map
 from mmssl.evaluation.probe import fit_probe
 from mmssl.evaluation.saliency import (
     LatentUnit,
@@ -19,11 +20,15 @@ from mmssl.evaluation.saliency import (
     ProbeLogit,
     group_maps,
     localisation_auc,
-    plot_map,
-    save_nifti,
     smoothgrad,
 )
+from mmssl.io import save_nifti as _save_nifti
 from mmssl.nn.encoders import DCGANEncoder
+
+
+def save_nifti(volume, affine, path):
+    """The maps are written by mmssl.io.save_nifti (path first)."""
+    return _save_nifti(path, volume, affine)
 
 SIDE = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from mmssl import config as cfg
+from mmssl.errors import RunDirError
 from mmssl.methods import TaxonomyMethod
 from mmssl.objectives.taxonomy import all_objectives
-from mmssl.pipeline import RunDirError, evaluate, pretrain
+from mmssl.runs.evaluation import evaluate
+from mmssl.runs.training import pretrain
 
 
 def tiny_method(objective: str) -> TaxonomyMethod:
-    return TaxonomyMethod(
-        modalities=["rotated", "noisy"],
-        input_shapes={"rotated": (1, 32, 32), "noisy": (1, 32, 32)},
+    return TaxonomyMethod.create(
+        ["rotated", "noisy"], {"rotated": (1, 32, 32), "noisy": (1, 32, 32)},
         model={"width": 8, "latent_dim": 16, "local_taps": ["block1"], "head_dim": 16},
         optim={"optimizer": "radam", "lr": 1e-3, "scheduler": "none"},
         objective={"name": objective},
@@ -44,8 +45,8 @@ def test_every_objective_trains_a_step(objective):
 
 
 def test_unimodal_cr_on_one_modality():
-    method = TaxonomyMethod(
-        modalities=["rotated"], input_shapes={"rotated": (1, 32, 32)},
+    method = TaxonomyMethod.create(
+        ["rotated"], {"rotated": (1, 32, 32)},
         model={"width": 8, "latent_dim": 16, "head_dim": 16}, optim={},
         objective={"name": "CR"},
     )

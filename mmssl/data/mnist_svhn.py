@@ -37,24 +37,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import scipy.io
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from mmssl import io
+from mmssl.data.base import MultimodalDataModule
+from mmssl.data.loading import EVAL_SPLITS, check_split
 from mmssl.data.mnist import MNIST_FILES, _candidates, load_mnist
-from mmssl.data.splits import check_fold, stratified_fold
-from mmssl.data.two_view_mnist import EVAL_SPLITS, EpochShuffleSampler, tensor_dict_loader
+from mmssl.data.registry import DatasetSpec, DataSettings, register_dataset
+from mmssl.data.splits import stratified_fold
 from mmssl.data.views import IMAGE_SIZE, derive_seed
+from mmssl.errors import MmsslError
+from mmssl.settings import require
 
 __all__ = [
     "MNIST_SVHN_MODALITIES",
@@ -326,7 +329,7 @@ class PairedImageDataset(Dataset[dict[str, Tensor]]):
 # ------------------------------------------------------------------------------ datamodule
 
 
-class MnistSvhnDataModule(L.LightningDataModule):
+class MnistSvhnDataModule(MultimodalDataModule):
     """MNIST-SVHN with MMVAE's class-matched pairing (see the module docstring).
 
     Batches of every loader are ``{"mnist": (B, 1, 32, 32), "svhn": (B, 3, 32, 32), "label":
@@ -371,36 +374,16 @@ class MnistSvhnDataModule(L.LightningDataModule):
         eval_pairings: int | None = None,
     ) -> None:
         """Validate the arguments; nothing is loaded until :meth:`setup`."""
-        super().__init__()
-        if isinstance(modalities, str):
-            modalities = (modalities,)
-        mods = tuple(modalities)
-        valid = list(MNIST_SVHN_MODALITIES)
-        if not mods:
-            raise ValueError(f"modalities must not be empty; valid ones are {valid}")
-        unknown = [m for m in mods if m not in MNIST_SVHN_MODALITIES]
-        if unknown:
-            raise ValueError(f"unknown modalities {unknown}; valid ones are {valid}")
-        if len(set(mods)) != len(mods):
-            raise ValueError(f"duplicate modalities in {list(mods)}")
-        check_fold(num_folds, fold)
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                            ("max_per_class", max_per_class), ("pairings", pairings)):
+        super().__init__(modalities, available=MNIST_SVHN_MODALITIES, num_folds=num_folds,
+                         fold=fold, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         seed=seed, num_workers=num_workers)
+        for name, value in (("max_per_class", max_per_class), ("pairings", pairings)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
         if eval_pairings is not None and not 1 <= eval_pairings <= pairings:
             raise ValueError(f"eval_pairings must lie in 1..pairings={pairings} (or be None), "
                              f"got {eval_pairings}")
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self.modalities: tuple[str, ...] = mods
-        self.num_folds = num_folds
-        self.fold = fold
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.eval_batch_size = eval_batch_size
         self.max_per_class = max_per_class
         self.pairings = pairings
         self.eval_pairings = pairings if eval_pairings is None else eval_pairings
@@ -409,7 +392,6 @@ class MnistSvhnDataModule(L.LightningDataModule):
         self.cache_path: Path | None = None
         self._pairs: dict[str, dict[str, np.ndarray]] = {}
         self._datasets: dict[str, PairedImageDataset] = {}
-        self._train_sampler: EpochShuffleSampler | None = None
 
     @property
     def num_classes(self) -> int:
@@ -566,17 +548,9 @@ class MnistSvhnDataModule(L.LightningDataModule):
     def _write_cache(path: Path, fingerprint: str,
                      pairs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         """Write the cache atomically: a temporary file in the same directory, then rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {f"{s}_{m}": pairs[s][m] for s in pairs for m in pairs[s]}
         arrays["fingerprint"] = np.array(fingerprint)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        io.save_npz(path, arrays)
 
     def _load_or_make_pairs(self, labels: Mapping[str, np.ndarray]
                             ) -> dict[str, dict[str, np.ndarray]]:
@@ -591,7 +565,7 @@ class MnistSvhnDataModule(L.LightningDataModule):
         pairs = self._compute_pairs(labels)
         try:
             self._write_cache(path, fingerprint, pairs)
-        except OSError as err:
+        except (OSError, MmsslError) as err:
             log.warning("could not write the MNIST-SVHN pair cache %s (%s); using the pairs "
                         "computed in memory", path, err)
             self.cache_path = None
@@ -602,19 +576,13 @@ class MnistSvhnDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------- accessors
 
-    def _require_setup(self) -> None:
-        if not self._datasets:
-            raise RuntimeError("MnistSvhnDataModule.setup() must be called first")
-
-    @staticmethod
-    def _check_split(split: str) -> None:
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid ones are {list(EVAL_SPLITS)}")
+    def is_setup(self) -> bool:
+        return bool(self._datasets)
 
     def split_size(self, split: str) -> int:
         """Number of pairs in ``split`` (one of ``train``, ``val``, ``test``), all pairings."""
-        self._require_setup()
-        self._check_split(split)
+        self.require_setup()
+        check_split(split, EVAL_SPLITS)
         return len(self._datasets[split])
 
     def pair_indices(self, split: str) -> dict[str, np.ndarray]:
@@ -623,61 +591,25 @@ class MnistSvhnDataModule(L.LightningDataModule):
         ``train`` and ``val`` index the official training sets (MNIST 60k, SVHN 73,257 at full
         scale), ``test`` the test sets; both modalities are returned whatever is served.
         """
-        self._require_setup()
-        self._check_split(split)
+        self.require_setup()
+        check_split(split, EVAL_SPLITS)
         return {m: v.copy() for m, v in self._pairs[split].items()}
 
     # ------------------------------------------------------------ dataloaders
 
-    def _loader(self, dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
-                sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
-        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
-                                  sampler=sampler, drop_last=drop_last)
+    def train_dataset(self) -> PairedImageDataset:
+        """Every training pair of every pairing round (shuffled by the base class)."""
+        return self._datasets["train"]
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training pairs; the order is a function of (seed, epoch), last batch dropped.
-
-        Uses an :class:`~mmssl.data.two_view_mnist.EpochShuffleSampler`, whose ``set_epoch``
-        Lightning calls every epoch, so a resumed run sees the same order.
-        """
-        self._require_setup()
-        dataset = self._datasets["train"]
-        n = len(dataset)
-        if n < self.batch_size:
-            raise ValueError(
-                f"the training split holds {n} pairs, fewer than batch_size={self.batch_size}; "
-                f"with drop_last there would be no training batch"
-            )
-        self._train_sampler = EpochShuffleSampler(n, seed=self.seed)
-        return self._loader(dataset, self.batch_size, sampler=self._train_sampler,
-                            drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation pairs of the first ``eval_pairings`` rounds, stored (class-mixed) order.
-
-        Batch size ``batch_size``, so the contrastive validation loss matches training's.
-        """
-        self._require_setup()
-        return self._loader(self._first_rounds("val"), self.batch_size)
+    def eval_dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
+        """The first ``eval_pairings`` pairing rounds of ``split`` (test: all pairs)."""
+        check_split(split, EVAL_SPLITS)
+        return self._first_rounds(split)
 
     def test_dataloader(self) -> DataLoader:
         """All test pairs, in their stored (class-mixed) order, batch size ``batch_size``."""
-        self._require_setup()
-        return self._loader(self._datasets["test"], self.batch_size)
-
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Unshuffled, complete batches of ``split`` for feature extraction.
-
-        Args:
-            split: ``"train"``, ``"val"`` or ``"test"``.
-
-        Returns:
-            A loader over the first ``eval_pairings`` pairing rounds of ``split`` (all of them by
-            default) with batch size ``eval_batch_size`` that keeps the last incomplete batch.
-        """
-        self._check_split(split)
-        self._require_setup()
-        return self._loader(self._first_rounds(split), self.eval_batch_size)
+        self.require_setup()
+        return self.loader(self._datasets["test"], self.batch_size)
 
     def _first_rounds(self, split: str) -> Dataset[dict[str, Tensor]]:
         """The pairs of the first ``eval_pairings`` pairing rounds of ``split``."""
@@ -689,3 +621,53 @@ class MnistSvhnDataModule(L.LightningDataModule):
             dataset.sources, {m: p[:n] for m, p in dataset.pairs.items()}, dataset.labels[:n],
             size=dataset.size,
         )
+
+
+@dataclass
+class MnistSvhnSettings:
+    """MNIST-SVHN pairing (MMVAE protocol): at most ``max_per_class`` images per class, paired
+    ``pairings`` times; ``eval_pairings`` rounds serve validation and probes (1: each kept image
+    once; the reference evaluated all 30, i.e. 30 copies of the same images)."""
+
+    max_per_class: int = 10_000
+    pairings: int = 30
+    eval_pairings: int | None = 1
+
+    def validate(self) -> None:
+        require(self.max_per_class >= 1, "max_per_class", f"must be ≥ 1; got {self.max_per_class}")
+        require(self.pairings >= 1, "pairings", f"must be ≥ 1; got {self.pairings}")
+        require(self.eval_pairings is None or 1 <= self.eval_pairings <= self.pairings,
+                "eval_pairings", f"must be in 1..{self.pairings} or null; got {self.eval_pairings}")
+
+
+def _build(data: DataSettings, settings: MnistSvhnSettings, seed: int,
+           skipped_rows: Path | None) -> MnistSvhnDataModule:
+    return MnistSvhnDataModule(
+        data_dir=Path(data.data_dir) if data.data_dir else None, num_folds=data.num_folds,
+        fold=data.fold, batch_size=data.batch_size, seed=seed, num_workers=data.num_workers,
+        eval_batch_size=data.eval_batch_size, max_per_class=settings.max_per_class,
+        pairings=settings.pairings, modalities=tuple(data.modalities or MNIST_SVHN_MODALITIES),
+        eval_pairings=settings.eval_pairings,
+    )
+
+
+def _input_shapes(settings: MnistSvhnSettings,
+                  modalities: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {"mnist": (1, IMAGE_SIZE, IMAGE_SIZE), "svhn": (3, IMAGE_SIZE, IMAGE_SIZE)}
+    return {m: shapes[m] for m in modalities}
+
+
+def _preflight(data: DataSettings, settings: MnistSvhnSettings) -> None:
+    find_mnist_svhn_files(Path(data.data_dir) if data.data_dir else None)
+
+
+MNIST_SVHN = register_dataset(DatasetSpec(
+    name="mnist_svhn",
+    modalities=MNIST_SVHN_MODALITIES,
+    settings=MnistSvhnSettings,
+    build=_build,
+    input_shapes=_input_shapes,
+    summary="MNIST IDX + SVHN .mat in --data-dir, paired by class (MMVAE protocol)",
+    preflight=_preflight,
+    num_classes=_NUM_CLASSES,
+))

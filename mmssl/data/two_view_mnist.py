@@ -39,18 +39,20 @@ Pairing (``pairing=``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmssl.data.mnist import load_mnist
-from mmssl.data.splits import check_fold, stratified_fold
+from mmssl.data.base import MultimodalDataModule
+from mmssl.data.loading import EVAL_SPLITS, TensorDictDataset, check_split
+from mmssl.data.mnist import find_mnist_files, load_mnist
+from mmssl.data.registry import DatasetSpec, DataSettings, register_dataset
+from mmssl.data.splits import stratified_fold
 from mmssl.data.views import (
     IMAGE_SIZE,
     TWO_VIEW_MODALITIES,
@@ -58,19 +60,14 @@ from mmssl.data.views import (
     make_views,
     prepare_images,
 )
+from mmssl.settings import require
 
 __all__ = [
-    "EVAL_SPLITS",
     "PAIRINGS",
-    "EpochShuffleSampler",
     "Pairing",
-    "TensorDictDataset",
     "TwoViewMnistDataModule",
     "same_class_partners",
 ]
-
-#: Splits that :meth:`TwoViewMnistDataModule.eval_dataloader` serves.
-EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: How the two views of an item are paired (see the module docstring).
 Pairing = Literal["same_image", "same_class"]
@@ -112,91 +109,7 @@ def same_class_partners(labels: np.ndarray | Tensor, rng: np.random.Generator) -
     return partners
 
 
-class TensorDictDataset(Dataset[dict[str, Tensor]]):
-    """A dataset over a dict of equally long tensors; item ``i`` is ``{k: v[i]}``.
-
-    It implements ``__getitems__``, so a :class:`~torch.utils.data.DataLoader` using
-    :func:`collate_tensor_dict` as ``collate_fn`` gathers a whole batch with one indexing
-    operation per tensor instead of one Python call per item.
-    """
-
-    def __init__(self, tensors: dict[str, Tensor]) -> None:
-        """Store ``tensors``; all must have the same first dimension."""
-        lengths = {k: len(v) for k, v in tensors.items()}
-        if not tensors or len(set(lengths.values())) != 1:
-            raise ValueError(f"expected a non-empty dict of equally long tensors, got {lengths}")
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        """Number of items."""
-        return len(next(iter(self.tensors.values())))
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        """Item ``index`` as ``{key: tensor[index]}``."""
-        return {k: v[index] for k, v in self.tensors.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        """An already collated batch ``{key: tensor[indices]}``."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-
-def collate_tensor_dict(batch: Any) -> Any:
-    """Collate function for :class:`TensorDictDataset`: the batch is already collated.
-
-    Typed ``Any`` because :class:`~torch.utils.data.DataLoader` declares ``collate_fn`` as taking
-    a list; with a dataset that has ``__getitems__`` it receives that method's return value.
-    """
-    return batch
-
-
-def tensor_dict_loader(dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
-                       num_workers: int = 0, sampler: Sampler[int] | None = None,
-                       drop_last: bool = False) -> DataLoader:
-    """A loader over a batch-fetching dataset (``__getitems__``) in dataset or sampler order."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        collate_fn=collate_tensor_dict,
-    )
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles ``range(num_samples)`` with a permutation that depends only on (seed, epoch).
-
-    The permutation of epoch ``e`` is ``torch.randperm`` under a CPU generator seeded with
-    ``derive_seed(seed, "shuffle", e)``. Lightning calls :meth:`set_epoch` at the start of every
-    training epoch, so an interrupted-then-resumed run sees the same order as an uninterrupted
-    one.
-    """
-
-    def __init__(self, num_samples: int, *, seed: int) -> None:
-        """Create the sampler at epoch 0."""
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        """Yield the indices of the current epoch's permutation."""
-        gen = torch.Generator()
-        gen.manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
-        yield from torch.randperm(self.num_samples, generator=gen).tolist()
-
-    def __len__(self) -> int:
-        """Number of indices per epoch."""
-        return self.num_samples
-
-
-class TwoViewMnistDataModule(L.LightningDataModule):
+class TwoViewMnistDataModule(MultimodalDataModule):
     """Two-View MNIST: each digit seen as a randomly ``rotated`` and a ``noisy`` 32×32 image.
 
     Training batches are ``{modality: (B, 1, 32, 32) float32, "label": (B,) int64}`` once
@@ -239,35 +152,12 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         pairing: Pairing = "same_image",
     ) -> None:
         """Validate the arguments; nothing is loaded until :meth:`setup`."""
-        super().__init__()
-        if isinstance(modalities, str):
-            modalities = (modalities,)
-        mods = tuple(modalities)
-        if not mods:
-            raise ValueError(f"modalities must not be empty; valid ones are {TWO_VIEW_MODALITIES}")
-        unknown = [m for m in mods if m not in TWO_VIEW_MODALITIES]
-        if unknown:
-            raise ValueError(
-                f"unknown modalities {unknown}; valid ones are {list(TWO_VIEW_MODALITIES)}"
-            )
-        if len(set(mods)) != len(mods):
-            raise ValueError(f"duplicate modalities in {list(mods)}")
-        check_fold(num_folds, fold)
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        super().__init__(modalities, available=TWO_VIEW_MODALITIES, num_folds=num_folds,
+                         fold=fold, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         seed=seed, num_workers=num_workers)
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}; valid values are {list(PAIRINGS)}")
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self.modalities: tuple[str, ...] = mods
-        self.num_folds = num_folds
-        self.fold = fold
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.eval_batch_size = eval_batch_size
         self.max_angle = float(max_angle)
         self.split_seed = split_seed
         self.pairing: Pairing = pairing
@@ -276,7 +166,6 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         self._images: dict[str, Tensor] = {}
         self._labels: dict[str, Tensor] = {}
         self._eval_sets: dict[str, TensorDictDataset] = {}
-        self._train_sampler: EpochShuffleSampler | None = None
         self._eval_partners: dict[str, Tensor] = {}
         self._train_partners: tuple[int, Tensor] | None = None
 
@@ -332,29 +221,24 @@ class TwoViewMnistDataModule(L.LightningDataModule):
     @property
     def train_indices(self) -> np.ndarray:
         """Sorted positions of this fold's training images in the loaded training part."""
-        self._require_setup()
+        self.require_setup()
         return self._split_indices["train"]
 
     @property
     def val_indices(self) -> np.ndarray:
         """Sorted positions of this fold's validation images in the loaded training part."""
-        self._require_setup()
+        self.require_setup()
         return self._split_indices["val"]
 
-    def _require_setup(self) -> None:
-        if not self._images:
-            raise RuntimeError("TwoViewMnistDataModule.setup() must be called first")
+    def is_setup(self) -> bool:
+        return bool(self._images)
 
     def split_size(self, split: str) -> int:
         """Number of images in ``split`` (one of ``train``, ``val``, ``test``)."""
-        self._require_setup()
-        self._check_split(split)
+        self.require_setup()
+        check_split(split, EVAL_SPLITS)
         return len(self._labels[split])
 
-    @staticmethod
-    def _check_split(split: str) -> None:
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid ones are {list(EVAL_SPLITS)}")
 
     def _eval_set(self, split: str) -> TensorDictDataset:
         """The fixed-view dataset of ``split``, drawn on first use and cached.
@@ -417,8 +301,8 @@ class TwoViewMnistDataModule(L.LightningDataModule):
             ``derive_seed(seed, "train-partners", epoch)`` (training) or
             ``derive_seed(seed, "eval-partners", split)`` (fixed views).
         """
-        self._require_setup()
-        self._check_split(split)
+        self.require_setup()
+        check_split(split, EVAL_SPLITS)
         if epoch is not None and split != "train":
             raise ValueError(f"epoch applies to the train split only, got split={split!r}")
         labels = self._labels[split]
@@ -435,71 +319,24 @@ class TwoViewMnistDataModule(L.LightningDataModule):
                                     torch.from_numpy(same_class_partners(labels, rng)))
         return self._train_partners[1]
 
-    # ------------------------------------------------------------ dataloaders
+    # ------------------------------------------------------------ datasets
 
-    def _loader(self, dataset: TensorDictDataset, batch_size: int, *,
-                sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
-        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
-                                  sampler=sampler, drop_last=drop_last)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches of ``{"image", "label", "index"}`` (views come later).
-
-        Uses an :class:`EpochShuffleSampler` (permutation a function of seed and epoch) and
-        drops the last incomplete batch.
-        """
-        self._require_setup()
+    def train_dataset(self) -> TensorDictDataset:
+        """Training items ``{"image", "label", "index"}``; the views are drawn after transfer."""
         n = len(self._labels["train"])
-        if n < self.batch_size:
-            raise ValueError(
-                f"the training split holds {n} images, fewer than batch_size={self.batch_size}; "
-                f"with drop_last there would be no training batch"
-            )
-        dataset = TensorDictDataset({
+        return TensorDictDataset({
             "image": self._images["train"],
             "label": self._labels["train"],
             "index": torch.arange(n),
         })
-        self._train_sampler = EpochShuffleSampler(n, seed=self.seed)
-        return self._loader(dataset, self.batch_size, sampler=self._train_sampler,
-                            drop_last=True)
 
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches with fixed views, in order, batch size ``batch_size``."""
-        self._require_setup()
-        return self._loader(self._eval_set("val"), self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches with fixed views, in order, batch size ``batch_size``."""
-        self._require_setup()
-        return self._loader(self._eval_set("test"), self.batch_size)
-
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Fixed-view, unshuffled, complete batches of ``split`` for feature extraction.
-
-        Args:
-            split: ``"train"`` (the training images of this fold with fixed views), ``"val"``
-                or ``"test"``.
-
-        Returns:
-            A loader of ``{modality: (B, 1, 32, 32), "label": (B,)}`` with batch size
-            ``eval_batch_size`` that keeps the last incomplete batch.
-        """
-        self._check_split(split)
-        self._require_setup()
-        return self._loader(self._eval_set(split), self.eval_batch_size)
+    def eval_dataset(self, split: str) -> TensorDictDataset:
+        """Fixed views of ``split``: ``"train"`` (this fold's training images), ``"val"``,
+        ``"test"``."""
+        check_split(split, EVAL_SPLITS)
+        return self._eval_set(split)
 
     # ------------------------------------------------------------ train views
-
-    def current_epoch(self) -> int:
-        """The epoch used to seed training views.
-
-        The attached trainer's ``current_epoch`` when there is one, else the epoch last set on
-        the training sampler (0 before any).
-        """
-        if self.trainer is not None:
-            return int(self.trainer.current_epoch)
-        return 0 if self._train_sampler is None else self._train_sampler.epoch
 
     def train_view_seed(self, epoch: int, first_index: int) -> int:
         """Seed of the training views of the batch starting with item ``first_index``."""
@@ -545,3 +382,50 @@ class TwoViewMnistDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "image" in batch:
             return self.apply_train_views(batch)
         return batch
+
+
+@dataclass
+class TwoViewMnistSettings:
+    """Two-View MNIST views: ``pairing`` ``same_image`` (the reference) or ``same_class``
+    (Wang et al.'s noisy-MNIST protocol); ``max_angle`` of the rotated view, in degrees."""
+
+    pairing: Literal["same_image", "same_class"] = "same_image"
+    max_angle: float = 45.0
+
+    def validate(self) -> None:
+        require(0 <= self.max_angle <= 180, "max_angle",
+                f"must be in [0, 180] degrees; got {self.max_angle}")
+
+
+def _build(data: DataSettings, settings: TwoViewMnistSettings, seed: int,
+           skipped_rows: Path | None) -> TwoViewMnistDataModule:
+    return TwoViewMnistDataModule(
+        data_dir=Path(data.data_dir) if data.data_dir else None,
+        modalities=tuple(data.modalities or TWO_VIEW_MODALITIES), num_folds=data.num_folds,
+        fold=data.fold, batch_size=data.batch_size, seed=seed, num_workers=data.num_workers,
+        eval_batch_size=data.eval_batch_size, max_angle=settings.max_angle,
+        pairing=settings.pairing,
+    )
+
+
+def _input_shapes(settings: TwoViewMnistSettings,
+                  modalities: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    return {m: (1, IMAGE_SIZE, IMAGE_SIZE) for m in modalities}
+
+
+def _preflight(data: DataSettings, settings: TwoViewMnistSettings) -> None:
+    if data.data_dir:
+        find_mnist_files(Path(data.data_dir))
+
+
+TWO_VIEW_MNIST = register_dataset(DatasetSpec(
+    name="two_view_mnist",
+    modalities=TWO_VIEW_MODALITIES,
+    settings=TwoViewMnistSettings,
+    build=_build,
+    input_shapes=_input_shapes,
+    summary="rotated (±45°) and noisy views of MNIST digits (--data-dir IDX files, else the "
+            "embedded 5,000-image subset)",
+    preflight=_preflight,
+    num_classes=_NUM_CLASSES,
+))

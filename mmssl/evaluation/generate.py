@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmssl.config import save_figure
+from mmssl.io import save_figure
 
 
 def _as_rgb(images: Tensor) -> np.ndarray:

@@ -22,19 +22,16 @@ The explained function :math:`f` is one of three differentiable heads on top of 
 * :class:`LinearReadout`: standardised linear read-outs :math:`((z(x) - \\mu)/\\sigma)^\\top W`,
   e.g. canonical variates from :mod:`mmssl.evaluation.links`.
 
-The file helpers write maps as NIfTI volumes in the input's (MNI) space (:func:`save_nifti`),
-average them per diagnostic group (:func:`group_maps`), score them against a known effect
-(:func:`localisation_auc`) and render them with nilearn (:func:`plot_map`). Everything here is
-device-agnostic: tensors stay on the device they come on.
+Maps are averaged per diagnostic group (:func:`group_maps`) and scored against a known effect
+(:func:`localisation_auc`); writing them (:func:`mmssl.io.save_nifti`) and drawing them
+(:mod:`mmssl.analysis.brain_figures`) happen elsewhere. Everything here is device-agnostic:
+tensors stay on the device they come on.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,8 +51,6 @@ __all__ = [
     "ProbeLogit",
     "group_maps",
     "localisation_auc",
-    "plot_map",
-    "save_nifti",
     "smoothgrad",
 ]
 
@@ -413,67 +408,8 @@ def smoothgrad(
 
 
 # --------------------------------------------------------------------------------------------
-# Maps on disk
+# Maps of groups and against a known effect
 # --------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, suffix: str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name the writer creates itself, so the file gets the usual (umask) permissions.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path, *, space: str = "mni") -> Path:
-    """Write a float32 NIfTI-1 image with the given voxel-to-world affine, atomically.
-
-    Both the qform and the sform are set to ``affine`` with the xform code ``space``
-    (``"mni"``, ``"scanner"``, ``"aligned"``, ``"talairach"``), so any reader recovers the
-    input's space. The file is written to a temporary name in the target directory and moved
-    into place with :func:`os.replace`; parent directories are created.
-
-    Args:
-        volume: 3-D (D, H, W) or 4-D array on the grid that ``affine`` describes.
-        affine: 4×4 voxel-to-world (mm) matrix.
-        path: destination ending in ``.nii`` or ``.nii.gz``.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: a volume that is not 3-D/4-D, a non-finite or non-4×4 affine, or a path
-            without a NIfTI extension.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    if suffix not in (".nii", ".nii.gz"):
-        raise ValueError(f"NIfTI path must end in .nii or .nii.gz, got {path.name!r}")
-    data = np.asarray(volume, dtype=np.float32)
-    if data.ndim not in (3, 4):
-        raise ValueError(f"volume must be 3-D or 4-D, got shape {data.shape}")
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"affine must be a finite 4×4 matrix, got shape {matrix.shape}")
-
-    image = nib.Nifti1Image(data, matrix)
-    image.set_qform(matrix, code=space)
-    image.set_sform(matrix, code=space)
-    image.header.set_data_dtype(np.float32)
-
-    def write(tmp: Path) -> None:
-        nib.save(image, str(tmp))
-
-    return _atomic_write(path, suffix, write)
 
 
 def group_maps(
@@ -548,78 +484,3 @@ def localisation_auc(
     if positives.all():
         raise ValueError("the effect mask covers the whole brain mask; AUC is undefined")
     return float(roc_auc_score(positives, scores))
-
-
-def plot_map(
-    nifti_path: Path,
-    png_path: Path,
-    *,
-    title: str,
-    background: Path | None = None,
-    display_mode: str = "ortho",
-    cuts: int = 5,
-    threshold: float | str | None = None,
-    cmap: str | None = None,
-    dpi: int = 100,
-) -> Path:
-    """Render a NIfTI map to a PNG with nilearn, atomically.
-
-    With a ``background`` image the map is overlaid with ``nilearn.plotting.plot_stat_map``;
-    without one it is drawn as a glass brain (``plot_glass_brain``, signed values). The figure
-    is drawn on its own Agg canvas, outside pyplot (no display needed, the global matplotlib
-    backend is left alone, no figure stays open), has a colour bar, and is cleared afterwards.
-
-    Args:
-        nifti_path: the map (e.g. from :func:`save_nifti`).
-        png_path: destination PNG; parent directories are created.
-        title: figure title.
-        background: anatomical image for ``plot_stat_map``, or ``None`` for a glass brain.
-        display_mode: ``"ortho"`` (three orthogonal cuts) or ``"z"`` (axial; ``cuts`` slices
-            on a background, one projection for the glass brain).
-        cuts: number of axial slices in ``"z"`` mode on a background.
-        threshold: values below it in magnitude are not drawn; ``None`` keeps nilearn's
-            default (1e-6 on a background, ``"auto"`` for the glass brain).
-        cmap: matplotlib colour map; ``None`` keeps nilearn's (diverging, symmetric about 0
-            for signed maps such as group differences).
-        dpi: resolution of the PNG.
-
-    Returns:
-        ``png_path``.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from nilearn import plotting
-
-    if display_mode not in ("ortho", "z"):
-        raise ValueError(f"display_mode must be 'ortho' or 'z', got {display_mode!r}")
-    if cuts < 1:
-        raise ValueError(f"cuts must be ≥ 1, got {cuts}")
-    figure = Figure(figsize=(10, 4) if display_mode == "z" else (8, 3.2))
-    FigureCanvasAgg(figure)
-    options: dict[str, Any] = {
-        "display_mode": display_mode,
-        "colorbar": True,
-        "title": title,
-        "figure": figure,
-    }
-    if threshold is not None:
-        options["threshold"] = threshold
-    if cmap is not None:
-        options["cmap"] = cmap
-    if background is not None:
-        if display_mode == "z":
-            options["cut_coords"] = cuts
-        display = plotting.plot_stat_map(str(nifti_path), bg_img=str(background), **options)
-    else:
-        display = plotting.plot_glass_brain(str(nifti_path), plot_abs=False, **options)
-
-    def write(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=dpi, facecolor=figure.get_facecolor())
-
-    try:
-        return _atomic_write(Path(png_path), ".png", write)
-    finally:
-        # The figure was never registered with pyplot (so no plt.close, which nilearn's
-        # display.close() would call); dropping its artists frees it.
-        del display
-        figure.clear()

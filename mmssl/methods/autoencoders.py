@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.methods.base import MultimodalMethod, register_method
-from mmssl.methods.cca_terms import dcca_terms
+from mmssl.methods.base import (
+    MethodInputs,
+    MethodTraits,
+    ModelSettings,
+    MultimodalMethod,
+    OptimSettings,
+    register_method,
+)
+from mmssl.methods.taxonomy import ObjectiveSettings
 from mmssl.nn import DCGANDecoder, GlobalHead
-from mmssl.objectives.taxonomy import EstimatorSettings, Objective, taxonomy_loss
+from mmssl.objectives.cca import CCASettings, pairwise_dcca
+from mmssl.objectives.taxonomy import Objective, taxonomy_loss
+from mmssl.settings import require
 
-if TYPE_CHECKING:
-    from mmssl.config import RunConfig
+
+@dataclass
+class AESettings:
+    """Reconstruction term of the autoencoder family: ``mse`` or ``bce``, weighted."""
+
+    loss: Literal["mse", "bce"] = "mse"
+    weight: float = 1.0
+
+    def validate(self) -> None:
+        require(self.weight >= 0, "weight", f"must be ≥ 0; got {self.weight}")
 
 
-@register_method("ae")
+@register_method
 class AEMethod(MultimodalMethod):
     r"""One DCGAN autoencoder per modality, trained to reconstruct its input.
 
@@ -29,34 +46,24 @@ class AEMethod(MultimodalMethod):
     in a sigmoid (fusion-spec §3.3). The modalities do not interact. z = E_i(x_i) is probed.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        ae: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(modalities, input_shapes, model, optim, seed)
-        self.ae = dict(ae or {})
-        if self.ae.get("loss", "mse") not in ("mse", "bce"):
-            raise ValueError(f"ae.loss must be 'mse' or 'bce'; got {self.ae.get('loss')!r}")
+    name = "ae"
+    traits = MethodTraits(relates_modalities=False, has_decoders=True)
+    sections = {"ae": AESettings}
+    summary = "DCGAN autoencoder per modality (sigmoid output, MSE or BCE)"
+    paper = "—"
+
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        self.ae_settings = cast(AESettings, sections["ae"])
         self.decoders = nn.ModuleDict()
         for modality in self.modalities:
             encoder = self.encoder(modality)
             self.decoders[modality] = DCGANDecoder(
                 out_channels=encoder.in_channels, output_size=encoder.input_size,
-                spatial_dims=encoder.spatial_dims, width=model.get("width", 32),
+                spatial_dims=encoder.spatial_dims, width=model.width,
                 latent_dim=encoder.latent_dim, output="sigmoid",
             )
-
-    @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "ae": asdict(config.ae)}
 
     def reconstruction_terms(
         self, batch: Mapping[str, Tensor]
@@ -68,7 +75,7 @@ class AEMethod(MultimodalMethod):
             x = batch[modality]
             z = self.encoder(modality)(x).z
             reconstruction = self.decoders[modality](z)
-            if self.ae.get("loss", "mse") == "bce":
+            if self.ae_settings.loss == "bce":
                 terms[f"AE/{modality}"] = F.binary_cross_entropy(reconstruction, x)
             else:
                 terms[f"AE/{modality}"] = F.mse_loss(reconstruction, x)
@@ -77,8 +84,8 @@ class AEMethod(MultimodalMethod):
 
     def reconstruction_loss(self, terms: Mapping[str, Tensor]) -> Tensor:
         """Weighted sum of the reconstruction terms."""
-        weight = float(self.ae.get("weight", 1.0))
-        return weight * sum(terms.values(), start=torch.zeros((), device=self.device))
+        total = sum(terms.values(), start=torch.zeros((), device=self.device))
+        return self.ae_settings.weight * total
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
@@ -95,18 +102,19 @@ class AEMethod(MultimodalMethod):
 class _AEWithHeads(AEMethod):
     """An AE whose representations also pass through a global projection head each."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        head_dim = self.hparams["model"].get("head_dim", 64)
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
         self.global_heads = nn.ModuleDict({
-            m: GlobalHead(self.encoder(m).latent_dim, head_dim, head_dim) for m in self.modalities
+            m: GlobalHead(self.encoder(m).latent_dim, model.head_dim, model.head_dim)
+            for m in self.modalities
         })
 
     def heads(self, zs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {m: cast(Tensor, self.global_heads[m](z)) for m, z in zs.items()}
 
 
-@register_method("dccae")
+@register_method
 class DCCAEMethod(_AEWithHeads):
     r"""Deep canonically correlated autoencoders (Wang et al., ICML 2015).
 
@@ -117,54 +125,48 @@ class DCCAEMethod(_AEWithHeads):
     (``cca.on: head``, as the reference) or z itself (``cca.on: z``).
     """
 
-    def __init__(self, *args: Any, cca: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cca = dict(cca or {})
+    name = "dccae"
+    traits = MethodTraits(relates_modalities=True, has_decoders=True)
+    sections = {"ae": AESettings, "cca": CCASettings}
+    summary = "AE + Deep CCA (sum of canonical correlations, ridge) between modalities"
+    paper = "Wang et al., ICML 2015"
 
-    @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "cca": asdict(config.cca)}
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        self.cca_settings = cast(CCASettings, sections["cca"])
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         terms, zs = self.reconstruction_terms(batch)
-        correlated = self.heads(zs) if self.cca.get("on", "head") == "head" else zs
-        cca = dcca_terms(correlated, self.cca)
-        weight = float(self.cca.get("weight", 1.0))
-        total = self.reconstruction_loss(terms) + weight * sum(
+        cca = pairwise_dcca(self.heads(zs) if self.cca_settings.on == "head" else zs,
+                            self.cca_settings)
+        total = self.reconstruction_loss(terms) + self.cca_settings.weight * sum(
             cca.values(), start=torch.zeros((), device=self.device))
         return total, {**terms, **cca}
 
 
-@register_method("rr_ae")
+@register_method
 class RRAEMethod(_AEWithHeads):
     r"""Autoencoders whose projected representations are tied by the RR InfoNCE term.
 
     .. math:: \mathcal{L} = \mathcal{L}_{AE} + \sum_{i \ne j} \mathrm{InfoNCE}(R_j; R_i)
 
-    (Fedorov et al., arXiv 2012.13623: the decoder-based counterpart of RR.)
+    (Fedorov et al., arXiv 2012.13623: the decoder-based counterpart of RR; the estimator
+    settings come from the ``objective`` section, its ``name`` is ignored.)
     """
 
-    def __init__(self, *args: Any, objective: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        objective = dict(objective or {})
-        self.estimator = EstimatorSettings(
-            critic=objective.get("critic", "scaled_dot"), clip=objective.get("clip", 20.0),
-            penalty_weight=objective.get("penalty_weight", 0.04),
-            temperature=objective.get("temperature", 1.0),
-        )
+    name = "rr_ae"
+    traits = MethodTraits(relates_modalities=True, has_decoders=True)
+    sections = {"ae": AESettings, "objective": ObjectiveSettings}
+    summary = "AE + the RR InfoNCE term"
+    paper = "Fedorov et al."
 
-    @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "objective": asdict(config.objective)}
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        self.estimator = cast(ObjectiveSettings, sections["objective"]).estimator()
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None

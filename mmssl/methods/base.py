@@ -1,34 +1,133 @@
-"""What every method shares: encoders per modality, the optimiser and schedule, and a registry."""
+"""What every method shares: encoders per modality, settings, the optimiser, and a registry.
+
+A method is a :class:`MultimodalMethod` subclass that declares, as class attributes,
+
+* ``name`` — how configurations and the command line refer to it,
+* ``traits`` — :class:`MethodTraits`: whether it relates modalities (needs two or more), has
+  decoders, needs labels to pretrain,
+* ``sections`` — the configuration sections it reads besides ``model`` and ``optim``, each a
+  settings dataclass (e.g. ``{"ae": AESettings, "cca": CCASettings}``); a section may be shared
+  by several methods (``objective`` by the taxonomy, CR-CCA and RR-AE),
+* ``summary`` and ``paper`` — one line each for ``mmssl list``,
+
+and is made available with :func:`register_method`. The configuration, its validation,
+``mmssl list``, the sweep and the claims all read this registry, so a new method is one module
+(plus a preset and a test). Methods receive their settings as typed objects; checkpoints store
+them as plain values (``weights_only`` loading) and :meth:`MultimodalMethod.from_hparams`
+rebuilds them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from mmssl import __version__
+from mmssl.errors import TrainingDiverged
 from mmssl.nn import DCGANEncoder, default_local_tap
+from mmssl.settings import from_mapping, require, to_dict
 
 if TYPE_CHECKING:
     from mmssl.config import RunConfig
 
+__all__ = [
+    "METHODS",
+    "MethodInputs",
+    "MethodTraits",
+    "ModelSettings",
+    "MultimodalMethod",
+    "OptimSettings",
+    "method_class",
+    "method_sections",
+    "register_method",
+]
+
+
+@dataclass
+class ModelSettings:
+    """Encoder and projection heads (paper: DCGAN, width 32, latent 64, the 8×8(×8) tap)."""
+
+    encoder: Literal["dcgan"] = "dcgan"
+    width: int = 32
+    latent_dim: int = 64
+    #: encoder blocks whose raw maps are the local features C (default: the 8-side map)
+    local_taps: list[str] | None = None
+    head_dim: int = 64
+
+    def validate(self) -> None:
+        for key in ("width", "latent_dim", "head_dim"):
+            require(getattr(self, key) >= 1, key, f"must be ≥ 1; got {getattr(self, key)}")
+
+
+@dataclass
+class OptimSettings:
+    """Optimiser and schedule (paper: RAdam 4e-4, OneCycle up to 1e-2 stepped per batch)."""
+
+    optimizer: Literal["radam", "adam", "adamw", "sgd"] = "radam"
+    lr: float = 4e-4
+    weight_decay: float = 0.0
+    scheduler: Literal["onecycle", "none"] = "onecycle"
+    max_lr: float = 1e-2
+
+    def validate(self) -> None:
+        require(self.lr > 0, "lr", f"must be positive; got {self.lr}")
+        require(self.max_lr > 0, "max_lr", f"must be positive; got {self.max_lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0; got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the rest of mmssl needs to know about a method."""
+
+    #: relates two or more modalities (needs them; a multimodal baseline in the claims)
+    relates_modalities: bool
+    #: reconstructs its inputs with decoders (a decoder-based baseline in the claims)
+    has_decoders: bool = False
+    #: pretrains with labels (an upper reference, not self-supervised)
+    needs_labels: bool = False
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a method is built for: the modalities, their input shapes, the classes, a seed."""
+
+    modalities: tuple[str, ...]
+    input_shapes: dict[str, tuple[int, ...]]
+    num_classes: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modalities": list(self.modalities),
+                "input_shapes": {m: list(s) for m, s in self.input_shapes.items()},
+                "num_classes": self.num_classes, "seed": self.seed}
+
+
 METHODS: dict[str, type[MultimodalMethod]] = {}
 
 
-def register_method(name: str) -> Callable[[type[MultimodalMethod]], type[MultimodalMethod]]:
-    """Class decorator: make a method available to the CLI and sweeps under ``name``."""
-
-    def decorator(cls: type[MultimodalMethod]) -> type[MultimodalMethod]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = cls
-        cls.method_name = name
-        return cls
-
-    return decorator
+def register_method(cls: type[MultimodalMethod]) -> type[MultimodalMethod]:
+    """Class decorator: make a method available to configurations, the CLI and sweeps."""
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} is registered twice")
+    if "traits" not in cls.__dict__:
+        raise ValueError(f"method {name!r} needs a class attribute `traits` (MethodTraits)")
+    known = method_sections()
+    for section, settings in cls.sections.items():
+        if section in ("model", "optim", "data", "trainer", "probe", "method", "seed"):
+            raise ValueError(f"method {name!r}: section name {section!r} is reserved")
+        if known.get(section, settings) is not settings:
+            raise ValueError(f"method {name!r}: section {section!r} is already declared with "
+                             f"{known[section].__qualname__}, not {settings.__qualname__}")
+    METHODS[name] = cls
+    return cls
 
 
 def method_class(name: str) -> type[MultimodalMethod]:
@@ -38,64 +137,150 @@ def method_class(name: str) -> type[MultimodalMethod]:
     return METHODS[name]
 
 
+def method_sections() -> dict[str, type]:
+    """Every configuration section a registered method reads, with its settings class."""
+    sections: dict[str, type] = {}
+    for cls in METHODS.values():
+        sections.update(cls.sections)
+    return sections
+
+
 class MultimodalMethod(L.LightningModule):
     """Base class: one DCGAN encoder per named modality, RAdam + OneCycle by default.
 
     Subclasses implement :meth:`compute_loss`, returning the total loss and named terms.
     ``encoders[modality](x).z`` is the downstream representation used by every evaluation.
+    A non-finite training loss stops the run at once (:class:`~mmssl.errors.TrainingDiverged`,
+    naming the step, the epoch and the terms that went non-finite).
     """
 
-    method_name = "base"
+    name: ClassVar[str] = "base"
+    traits: ClassVar[MethodTraits] = MethodTraits(relates_modalities=False)
+    sections: ClassVar[dict[str, type]] = {}  # noqa: RUF012 - declared per subclass
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
 
     def __init__(
         self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        seed: int = 0,
+        inputs: MethodInputs,
+        model: ModelSettings,
+        optim: OptimSettings,
+        **sections: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.modalities = list(modalities)
-        self.seed = seed
-        self.optim_settings = dict(optim)
-        taps = model.get("local_taps")
+        missing = set(self.sections) - set(sections)
+        if missing:
+            raise ValueError(f"{self.name} needs the settings section(s) {sorted(missing)}")
+        self.save_hyperparameters({
+            "inputs": inputs.to_dict(), "model": to_dict(model), "optim": to_dict(optim),
+            "sections": {k: to_dict(v) for k, v in sections.items()},
+        })
+        self.inputs = inputs
+        self.settings_sections = dict(sections)
+        self.modalities = list(inputs.modalities)
+        self.seed = inputs.seed
+        self.model_settings = model
+        self.optim_settings = optim
         self.encoders = nn.ModuleDict()
         for modality in self.modalities:
-            channels, *spatial = input_shapes[modality]
-            if len(set(spatial)) != 1:
-                raise ValueError(
-                    f"modality {modality!r}: inputs must be square/cubic; got {spatial}"
-                )
-            self.encoders[modality] = DCGANEncoder(
-                in_channels=channels,
-                input_size=spatial[0],
-                spatial_dims=len(spatial),
-                width=model.get("width", 32),
-                latent_dim=model.get("latent_dim", 64),
-                taps=list(taps) if taps is not None else [default_local_tap(spatial[0])],
-            )
+            self.encoders[modality] = self.build_encoder(modality)
 
+    def build_encoder(self, modality: str, latent_dim: int | None = None) -> DCGANEncoder:
+        """The DCGAN encoder of ``modality`` (square/cubic inputs) with the configured taps."""
+        channels, *spatial = self.inputs.input_shapes[modality]
+        if len(set(spatial)) != 1:
+            raise ValueError(f"modality {modality!r}: inputs must be square/cubic; got {spatial}")
+        taps = self.model_settings.local_taps
+        return DCGANEncoder(
+            in_channels=channels, input_size=spatial[0], spatial_dims=len(spatial),
+            width=self.model_settings.width,
+            latent_dim=latent_dim or self.model_settings.latent_dim,
+            taps=list(taps) if taps is not None else [default_local_tap(spatial[0])],
+        )
+
+    # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_config(
         cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
     ) -> MultimodalMethod:
         """Build the method from a validated run configuration and the data's shapes."""
-        return cls(**cls.config_kwargs(config, input_shapes, num_classes))
+        inputs = MethodInputs(
+            modalities=tuple(config.modalities),
+            input_shapes={m: tuple(input_shapes[m]) for m in config.modalities},
+            num_classes=int(num_classes), seed=config.seed,
+        )
+        return cls(inputs, config.model, config.optim,
+                   **{name: config.section(name) for name in cls.sections})
 
     @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        """Constructor arguments (plain values, saved as hyperparameters in checkpoints)."""
-        return {
-            "modalities": config.modalities,
-            "input_shapes": {m: tuple(input_shapes[m]) for m in config.modalities},
-            "model": asdict(config.model),
-            "optim": asdict(config.optim),
-            "seed": config.seed,
-        }
+    def create(
+        cls,
+        modalities: Sequence[str],
+        input_shapes: Mapping[str, Sequence[int]],
+        *,
+        num_classes: int = 0,
+        seed: int = 0,
+        model: ModelSettings | Mapping[str, Any] | None = None,
+        optim: OptimSettings | Mapping[str, Any] | None = None,
+        **sections: Any,
+    ) -> MultimodalMethod:
+        """Build the method directly (notebooks, tests): settings as objects or plain mappings
+        (missing sections get their defaults), checked like a configuration's.
+
+        Example: ``TaxonomyMethod.create(["t1", "falff"], {"t1": (1, 64, 64, 64), ...},
+        objective={"name": "CR-XX"})``.
+        """
+        def settings(kind: type, value: Any, name: str) -> Any:
+            return value if isinstance(value, kind) else from_mapping(kind, value or {}, name)
+
+        inputs = MethodInputs(tuple(modalities), {m: tuple(input_shapes[m]) for m in modalities},
+                              num_classes, seed)
+        unknown = set(sections) - set(cls.sections)
+        if unknown:
+            raise ValueError(f"{cls.name} has no settings section(s) {sorted(unknown)}; its "
+                             f"sections: {sorted(cls.sections)}")
+        return cls(inputs, settings(ModelSettings, model, "model"),
+                   settings(OptimSettings, optim, "optim"),
+                   **{name: settings(kind, sections.get(name), name)
+                      for name, kind in cls.sections.items()})
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> MultimodalMethod:
+        """Rebuild the method from the plain values saved in a checkpoint.
+
+        Reads this layout and the one of earlier mmssl versions (flat keys: ``modalities``,
+        ``input_shapes``, ``seed``, ``num_classes`` and one key per section).
+        """
+        if "inputs" in hparams:
+            raw_inputs = dict(hparams["inputs"])
+            raw_sections = dict(hparams.get("sections", {}))
+        else:
+            raw_inputs = {k: hparams.get(k) for k in ("modalities", "input_shapes", "seed",
+                                                      "num_classes")}
+            raw_sections = {k: hparams.get(k) or {} for k in cls.sections}
+        inputs = MethodInputs(
+            modalities=tuple(raw_inputs["modalities"]),
+            input_shapes={m: tuple(s) for m, s in raw_inputs["input_shapes"].items()},
+            num_classes=int(raw_inputs.get("num_classes") or 0),
+            seed=int(raw_inputs.get("seed") or 0),
+        )
+        sections: dict[str, Any] = {
+            name: from_mapping(settings, _known_keys(settings, raw_sections.get(name)), name)
+            for name, settings in cls.sections.items()}
+        return cls(inputs, from_mapping(ModelSettings, _known_keys(ModelSettings,
+                                                                   hparams.get("model")), "model"),
+                   from_mapping(OptimSettings, _known_keys(OptimSettings, hparams.get("optim")),
+                                "optim"), **sections)
+
+    @classmethod
+    def model_name(cls, config: RunConfig) -> str:
+        """The name a table shows for a run of this method (the taxonomy shows its objective)."""
+        return cls.name
+
+    # -- use -----------------------------------------------------------------------------------
+    def section(self, name: str) -> Any:
+        """The settings of one of this method's configuration sections."""
+        return self.settings_sections[name]
 
     def encoder(self, modality: str) -> DCGANEncoder:
         """The encoder of ``modality``."""
@@ -115,11 +300,24 @@ class MultimodalMethod(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         loss, terms = self.compute_loss(batch, self._generator("train", batch_idx))
+        if not torch.isfinite(loss.detach()):
+            self._diverged(loss, terms)
         batch_size = len(batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()},
                       batch_size=batch_size)
         return loss
+
+    def _diverged(self, loss: Tensor, terms: Mapping[str, Tensor]) -> None:
+        bad = [f"{k} = {v.detach().float().mean().item():.4g}" for k, v in terms.items()
+               if not torch.isfinite(v.detach()).all()]
+        which = (f"non-finite terms: {', '.join(bad)}" if bad
+                 else "every term is finite, their weighted sum is not")
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.current_epoch}, step {self.global_step}: the loss "
+            f"is {loss.detach().item()} ({which}). Lower the learning rate (optim.lr, and "
+            "optim.max_lr with the OneCycle schedule) or check the inputs for NaN/inf values"
+        )
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         loss, terms = self.compute_loss(batch, self._generator("val", batch_idx))
@@ -127,34 +325,32 @@ class MultimodalMethod(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch_size)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Mark the checkpoint as mmssl's, with the method's name (checked when loading)."""
+        checkpoint["mmssl"] = {"format": 1, "method": self.name, "version": __version__}
+
     def configure_optimizers(self) -> Any:
         settings = self.optim_settings
-        name = settings.get("optimizer", "radam")
-        lr = settings.get("lr", 4e-4)
-        weight_decay = settings.get("weight_decay", 0.0)
         params = [p for p in self.parameters() if p.requires_grad]
+        lr, decay = settings.lr, settings.weight_decay
         optimizers: dict[str, Callable[[], torch.optim.Optimizer]] = {
-            "radam": lambda: torch.optim.RAdam(params, lr=lr, weight_decay=weight_decay),
-            "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
-            "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+            "radam": lambda: torch.optim.RAdam(params, lr=lr, weight_decay=decay),
+            "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=decay),
+            "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=decay),
             "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                                           weight_decay=weight_decay),
+                                           weight_decay=decay),
         }
-        if name not in optimizers:
-            raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(optimizers)}")
-        optimizer = optimizers[name]()
-        if settings.get("scheduler", "onecycle") == "none":
+        optimizer = optimizers[settings.optimizer]()
+        if settings.scheduler == "none":
             return optimizer
         # OneCycle from lr (= max_lr / div_factor) up to max_lr, stepped every batch.
-        max_lr = settings.get("max_lr", 1e-2)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=max_lr,
+            optimizer, max_lr=settings.max_lr,
             total_steps=int(self.trainer.estimated_stepping_batches),
-            div_factor=max_lr / lr,
+            div_factor=settings.max_lr / lr,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                         "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @property
     def distributed(self) -> bool:
@@ -173,3 +369,10 @@ class MultimodalMethod(L.LightningModule):
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """z per modality (the downstream representation)."""
         return {m: self.encoders[m](batch[m]).z for m in self.modalities}
+
+
+def _known_keys(settings: type, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries of ``values`` that ``settings`` still has (older checkpoints may have more)."""
+    names = set(getattr(settings, "__dataclass_fields__", {}))
+    return {k: v for k, v in (values or {}).items() if k in names}
+

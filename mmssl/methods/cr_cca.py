@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from mmssl.methods.base import register_method
-from mmssl.methods.cca_terms import dcca_terms
-from mmssl.methods.taxonomy import TaxonomyMethod
+from mmssl.methods.base import (
+    MethodInputs,
+    MethodTraits,
+    ModelSettings,
+    OptimSettings,
+    register_method,
+)
+from mmssl.methods.taxonomy import ObjectiveSettings, TaxonomyMethod
+from mmssl.objectives.cca import CCASettings, pairwise_dcca
 from mmssl.objectives.taxonomy import taxonomy_loss
 
-if TYPE_CHECKING:
-    from mmssl.config import RunConfig
 
-
-@register_method("cr_cca")
+@register_method
 class CRCCAMethod(TaxonomyMethod):
     r"""CR within each modality, and DCCA between the modalities' global representations.
 
@@ -26,29 +29,26 @@ class CRCCAMethod(TaxonomyMethod):
 
     with :math:`\rho_k` the canonical correlations (Andrew et al., ICML 2013) of the projected
     globals R (``cca.on: head``, the reference) or of z (``cca.on: z``). Fedorov et al.,
-    arXiv 2012.13623, use it as the CCA-regularised counterpart of the cross-modal modes.
+    arXiv 2012.13623, use it as the CCA-regularised counterpart of the cross-modal modes. The
+    objective is always CR (``objective.name`` is ignored); the estimator settings apply.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        objective: Mapping[str, Any],
-        cca: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        objective = {**objective, "name": "CR", "weights": {}}
-        super().__init__(modalities, input_shapes, model, optim, objective, seed)
-        self.cca = dict(cca or {})
+    name = "cr_cca"
+    traits = MethodTraits(relates_modalities=True)
+    sections = {"objective": ObjectiveSettings, "cca": CCASettings}
+    summary = "CR within each modality + Deep CCA between them"
+    paper = "Fedorov et al."
+
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        objective = replace(cast(ObjectiveSettings, sections["objective"]), name="CR",
+                            weights={})
+        super().__init__(inputs, model, optim, **{**sections, "objective": objective})
+        self.cca_settings = cast(CCASettings, sections["cca"])
 
     @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "cca": asdict(config.cca)}
+    def model_name(cls, config: object) -> str:
+        return cls.name
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
@@ -56,8 +56,7 @@ class CRCCAMethod(TaxonomyMethod):
         local, global_, zs = self.encode_all(batch)
         result = taxonomy_loss(local, global_, self.objective,
                                estimator=self.gathering_estimator(), generator=generator)
-        correlated = global_ if self.cca.get("on", "head") == "head" else zs
-        terms = dcca_terms(correlated, self.cca)
-        weight = float(self.cca.get("weight", 1.0))
-        total = result.total + weight * sum(terms.values(), start=result.total.new_zeros(()))
+        terms = pairwise_dcca(global_ if self.cca_settings.on == "head" else zs, self.cca_settings)
+        total = result.total + self.cca_settings.weight * sum(terms.values(),
+                                                     start=result.total.new_zeros(()))
         return total, {**result.terms, **terms}

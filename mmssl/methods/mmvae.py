@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from math import prod
-from typing import TYPE_CHECKING, Any
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Laplace
 
-from mmssl.methods.base import MultimodalMethod, register_method
+from mmssl.methods.base import (
+    MethodInputs,
+    MethodTraits,
+    ModelSettings,
+    MultimodalMethod,
+    OptimSettings,
+    register_method,
+)
 from mmssl.nn import DCGANDecoder, DCGANEncoder
 from mmssl.objectives.vae import LaplacePrior, laplace_posterior, mmvae_objective
+from mmssl.settings import require
 
-if TYPE_CHECKING:
-    from mmssl.config import RunConfig
+
+@dataclass
+class MMVAESettings:
+    """MMVAE (Shi et al., NeurIPS 2019): latent size, K importance samples, the estimator.
+
+    ``likelihood_scale`` is the Laplace scale of every likelihood; ``likelihood_weights: auto``
+    rescales each modality's log-likelihood by (largest input size / its size).
+    """
+
+    latent_dim: int = 20
+    K: int = 30
+    estimator: Literal["dreg", "iwae"] = "dreg"
+    likelihood_scale: float = 0.75
+    likelihood_weights: Literal["auto", "none"] = "auto"
+
+    def validate(self) -> None:
+        require(self.K >= 1, "K", f"must be ≥ 1; got {self.K}")
+        require(self.latent_dim >= 1, "latent_dim", f"must be ≥ 1; got {self.latent_dim}")
+        require(self.likelihood_scale > 0, "likelihood_scale",
+                f"must be positive; got {self.likelihood_scale}")
 
 
 class PosteriorMean(nn.Module):
@@ -50,7 +76,7 @@ class PosteriorSample(nn.Module):
         return posterior.loc - posterior.scale * uniform.sign() * torch.log1p(-2 * uniform.abs())
 
 
-@register_method("mmvae")
+@register_method
 class MMVAEMethod(MultimodalMethod):
     r"""Mixture-of-experts multimodal VAE trained with the stratified IWAE/DReG bound.
 
@@ -62,46 +88,36 @@ class MMVAEMethod(MultimodalMethod):
     posterior mean (``metrics.json``) and a sampled z (``metrics_sampled.json``), as MMVAE did.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        mmvae: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        settings = dict(mmvae or {})
-        latent = int(settings.get("latent_dim", 20))
-        super().__init__(modalities, input_shapes, model, optim, seed)
+    name = "mmvae"
+    traits = MethodTraits(relates_modalities=True, has_decoders=True)
+    sections = {"mmvae": MMVAESettings}
+    summary = ("mixture-of-experts VAE: Laplace posteriors and likelihoods, learnable prior, "
+               "DReG/IWAE with K samples")
+    paper = "Shi et al., NeurIPS 2019"
+
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        settings = cast(MMVAESettings, sections["mmvae"])
         self.settings = settings
-        self.latent_dim = latent
+        self.latent_dim = settings.latent_dim
         self.decoders = nn.ModuleDict()
         for modality in self.modalities:
             # The encoder outputs the posterior's location and raw scale: 2 × latent values.
-            base = self.encoder(modality)
-            encoder = DCGANEncoder(base.in_channels, base.input_size, base.spatial_dims,
-                                   width=model.get("width", 32), latent_dim=2 * latent)
+            encoder = self.build_encoder(modality, latent_dim=2 * settings.latent_dim)
             self.encoders[modality] = encoder
             self.decoders[modality] = DCGANDecoder(
                 out_channels=encoder.in_channels, output_size=encoder.input_size,
-                spatial_dims=encoder.spatial_dims, width=model.get("width", 32),
-                latent_dim=latent, output="sigmoid",
+                spatial_dims=encoder.spatial_dims, width=model.width,
+                latent_dim=settings.latent_dim, output="sigmoid",
             )
-        self.prior_module = LaplacePrior(latent)
-        sizes = {m: prod(input_shapes[m]) for m in self.modalities}
-        if settings.get("likelihood_weights", "auto") == "auto":
+        self.prior_module = LaplacePrior(settings.latent_dim)
+        sizes = {m: prod(inputs.input_shapes[m]) for m in self.modalities}
+        if settings.likelihood_weights == "auto":
             largest = max(sizes.values())
             self.likelihood_weights = {m: largest / size for m, size in sizes.items()}
         else:
             self.likelihood_weights = {m: 1.0 for m in self.modalities}
-
-    @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "mmvae": asdict(config.mmvae)}
 
     def prior(self) -> Laplace:
         """p(z) = Laplace(0, exp(s)) with learnable s."""
@@ -121,10 +137,10 @@ class MMVAEMethod(MultimodalMethod):
         output = mmvae_objective(
             self.posteriors(batch), self.prior(), self.decode,
             {m: batch[m] for m in self.modalities},
-            K=int(self.settings.get("K", 30)),
-            likelihood_scale=float(self.settings.get("likelihood_scale", 0.75)),
+            K=self.settings.K,
+            likelihood_scale=self.settings.likelihood_scale,
             likelihood_weights=self.likelihood_weights,
-            estimator=self.settings.get("estimator", "dreg"),
+            estimator=self.settings.estimator,
         )
         return output.loss, {"bound": output.bound, **output.terms}
 

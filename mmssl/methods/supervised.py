@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.methods.base import MultimodalMethod, register_method
+from mmssl.methods.base import (
+    MethodInputs,
+    MethodTraits,
+    ModelSettings,
+    MultimodalMethod,
+    OptimSettings,
+    register_method,
+)
+from mmssl.settings import require
 
-if TYPE_CHECKING:
-    from mmssl.config import RunConfig
+
+@dataclass
+class SupervisedSettings:
+    """Supervised baseline: label smoothing of the cross-entropy."""
+
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        require(0 <= self.label_smoothing < 1, "label_smoothing",
+                f"must be in [0, 1); got {self.label_smoothing}")
 
 
-@register_method("supervised")
+@register_method
 class SupervisedMethod(MultimodalMethod):
     r"""Encoder plus linear classifier per modality, trained with cross-entropy.
 
@@ -28,33 +44,24 @@ class SupervisedMethod(MultimodalMethod):
     weights, bias 1/K.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        num_classes: int,
-        supervised: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(modalities, input_shapes, model, optim, seed)
-        if num_classes < 2:
-            raise ValueError(f"supervised training needs ≥ 2 classes; got {num_classes}")
-        self.label_smoothing = float((supervised or {}).get("label_smoothing", 0.0))
+    name = "supervised"
+    traits = MethodTraits(relates_modalities=False, needs_labels=True)
+    sections = {"supervised": SupervisedSettings}
+    summary = "encoder + linear classifier per modality, cross-entropy"
+    paper = "upper reference"
+
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        if inputs.num_classes < 2:
+            raise ValueError(f"supervised training needs ≥ 2 classes; got {inputs.num_classes}")
+        self.label_smoothing = cast(SupervisedSettings, sections["supervised"]).label_smoothing
         self.classifiers = nn.ModuleDict()
         for modality in self.modalities:
-            layer = nn.Linear(self.encoder(modality).latent_dim, num_classes)
+            layer = nn.Linear(self.encoder(modality).latent_dim, inputs.num_classes)
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.constant_(layer.bias, 1.0 / num_classes)
+            nn.init.constant_(layer.bias, 1.0 / inputs.num_classes)
             self.classifiers[modality] = layer
-
-    @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "num_classes": num_classes, "supervised": asdict(config.supervised)}
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None

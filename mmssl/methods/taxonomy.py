@@ -2,22 +2,80 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from mmssl.methods.base import MultimodalMethod, register_method
+from mmssl.methods.base import (
+    MethodInputs,
+    MethodTraits,
+    ModelSettings,
+    MultimodalMethod,
+    OptimSettings,
+    register_method,
+)
 from mmssl.nn import GlobalHead, LocalHead
-from mmssl.objectives.taxonomy import EstimatorSettings, Objective, taxonomy_loss
+from mmssl.objectives.infonce import CRITICS
+from mmssl.objectives.taxonomy import (
+    EstimatorSettings,
+    Objective,
+    ObjectiveError,
+    resolve_weights,
+    taxonomy_loss,
+)
+from mmssl.settings import SettingError, require
 
 if TYPE_CHECKING:
     from mmssl.config import RunConfig
 
 
-@register_method("taxonomy")
+@dataclass
+class ObjectiveSettings:
+    r"""The taxonomy objective and its InfoNCE estimator (paper: scaled dot, clip 20, 0.04).
+
+    ``name`` is any non-empty combination of CR, XX, CC and RR (``CR-XX-CC-RR``); ``weights``
+    maps a mode to its weight :math:`w_m` (1 when absent); the estimator's ``critic``,
+    ``clip`` (tanh soft clip c), ``penalty_weight`` (L2 on raw scores) and ``temperature``
+    (cosine critic only); ``weight_penalty`` also multiplies each term's penalty by its weight.
+    """
+
+    name: str = "CR-XX-CC-RR"
+    weights: dict[str, float] = field(default_factory=dict)
+    critic: Literal["scaled_dot", "dot", "cosine"] = "scaled_dot"
+    clip: float | None = 20.0
+    penalty_weight: float = 0.04
+    temperature: float = 1.0
+    weight_penalty: bool = False
+
+    def validate(self) -> None:
+        try:
+            objective = Objective.parse(self.name)
+            resolve_weights(objective, self.weights)
+        except ObjectiveError as error:
+            raise SettingError("name", str(error)) from None
+        self.name = objective.name
+        require(self.critic in CRITICS, "critic", f"expected one of {', '.join(CRITICS)}")
+        require(self.clip is None or self.clip > 0, "clip",
+                f"must be positive or null; got {self.clip}")
+        require(self.penalty_weight >= 0, "penalty_weight",
+                f"must be ≥ 0; got {self.penalty_weight}")
+        require(self.temperature > 0, "temperature", f"must be positive; got {self.temperature}")
+
+    @property
+    def objective(self) -> Objective:
+        return Objective.parse(self.name)
+
+    def estimator(self) -> EstimatorSettings:
+        """The estimator these settings describe."""
+        return EstimatorSettings(critic=self.critic, clip=self.clip,
+                                 penalty_weight=self.penalty_weight,
+                                 temperature=self.temperature)
+
+
+@register_method
 class TaxonomyMethod(MultimodalMethod):
     r"""Decoder-free multimodal model trained with a taxonomy objective.
 
@@ -32,45 +90,35 @@ class TaxonomyMethod(MultimodalMethod):
     The heads serve the objective only; evaluation uses z.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        input_shapes: Mapping[str, Sequence[int]],
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        objective: Mapping[str, Any],
-        seed: int = 0,
-    ) -> None:
-        super().__init__(modalities, input_shapes, model, optim, seed)
-        self.objective = Objective.parse(objective.get("name", "CR-XX-CC-RR"))
-        self.weights = dict(objective.get("weights") or {})
-        self.weight_penalty = bool(objective.get("weight_penalty", False))
-        self.estimator = EstimatorSettings(
-            critic=objective.get("critic", "scaled_dot"),
-            clip=objective.get("clip", 20.0),
-            penalty_weight=objective.get("penalty_weight", 0.04),
-            temperature=objective.get("temperature", 1.0),
-        )
-        head_dim = model.get("head_dim", 64)
-        needs_local = any(m in self.objective.modes for m in ("CR", "XX", "CC"))
+    name = "taxonomy"
+    traits = MethodTraits(relates_modalities=False)  # CR alone is unimodal; see model_name
+    sections = {"objective": ObjectiveSettings}
+    summary = "any of the 15 taxonomy objectives (--objective)"
+    paper = "Fedorov et al. 2020/2024"
+
+    def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
+                 **sections: object) -> None:
+        super().__init__(inputs, model, optim, **sections)
+        settings = cast(ObjectiveSettings, sections["objective"])
+        self.objective_settings = settings
+        self.objective = Objective.parse(settings.name)
+        self.estimator = settings.estimator()
         self.local_heads = nn.ModuleDict()
         self.global_heads = nn.ModuleDict()
         for modality in self.modalities:
             encoder = self.encoder(modality)
             heads = nn.ModuleDict()
-            if needs_local:
+            if self.objective.needs_local:
                 for tap in encoder.taps:
-                    heads[tap] = LocalHead(encoder.channels[tap], head_dim, head_dim,
+                    heads[tap] = LocalHead(encoder.channels[tap], model.head_dim, model.head_dim,
                                            encoder.spatial_dims)
             self.local_heads[modality] = heads
-            self.global_heads[modality] = GlobalHead(encoder.latent_dim, head_dim, head_dim)
+            self.global_heads[modality] = GlobalHead(encoder.latent_dim, model.head_dim,
+                                                     model.head_dim)
 
     @classmethod
-    def config_kwargs(
-        cls, config: RunConfig, input_shapes: Mapping[str, Sequence[int]], num_classes: int
-    ) -> dict[str, Any]:
-        return {**super().config_kwargs(config, input_shapes, num_classes),
-                "objective": asdict(config.objective)}
+    def model_name(cls, config: RunConfig) -> str:
+        return str(config.section("objective").name)
 
     def gathering_estimator(self) -> EstimatorSettings:
         """The estimator, taking negatives from every process under data-parallel training."""
@@ -101,7 +149,7 @@ class TaxonomyMethod(MultimodalMethod):
         local, global_, _ = self.encode_all(batch)
         result = taxonomy_loss(
             local, global_, self.objective, estimator=self.gathering_estimator(),
-            weights=self.weights,
-            weight_penalty=self.weight_penalty, generator=generator,
+            weights=self.objective_settings.weights,
+            weight_penalty=self.objective_settings.weight_penalty, generator=generator,
         )
         return result.total, result.terms

@@ -26,12 +26,17 @@ batch shapes have already been warned about.
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from mmssl.settings import require
 
 Variant = Literal["trace", "frobenius"]
 VARIANTS: tuple[str, ...] = ("trace", "frobenius")
@@ -284,3 +289,41 @@ def dcca_loss(
         return -correlations.pow(2).sum().clamp_min(eps).sqrt()
     return -correlations.sum()
 
+
+
+@dataclass
+class CCASettings:
+    """Deep CCA term of DCCAE and CR-CCA (Andrew et al. 2013; Wang et al. 2015).
+
+    ``weight`` λ multiplies the term; ``r1``, ``r2`` are the ridges of the two covariances;
+    ``top_k`` keeps the k largest canonical correlations (all when null); ``variant`` is
+    ``trace`` (the sum of canonical correlations, the DCCA objective) or ``frobenius`` (the
+    reference implementation's root sum of squares); ``on`` correlates the projection-head
+    outputs (``head``, as the reference) or the representations z.
+    """
+
+    weight: float = 1.0
+    r1: float = 1e-3
+    r2: float = 1e-3
+    top_k: int | None = None
+    variant: Literal["trace", "frobenius"] = "trace"
+    on: Literal["head", "z"] = "head"
+
+    def validate(self) -> None:
+        require(self.weight >= 0, "weight", f"must be ≥ 0; got {self.weight}")
+        require(self.r1 >= 0 and self.r2 >= 0, "r1", "ridges r1 and r2 must be ≥ 0")
+        require(self.top_k is None or self.top_k >= 1, "top_k",
+                f"must be ≥ 1 or null; got {self.top_k}")
+
+
+def pairwise_dcca(representations: Mapping[str, Tensor],
+                  settings: CCASettings) -> dict[str, Tensor]:
+    r"""``CCA/a:b`` → :func:`dcca_loss` of every unordered pair of modalities a < b.
+
+    Each unordered pair is counted once (the reference counted both orders, doubling it).
+    """
+    return {
+        f"CCA/{a}:{b}": dcca_loss(representations[a], representations[b], r1=settings.r1,
+                                  r2=settings.r2, top_k=settings.top_k, variant=settings.variant)
+        for a, b in itertools.combinations(list(representations), 2)
+    }

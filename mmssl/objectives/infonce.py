@@ -1,8 +1,58 @@
-"""The InfoNCE mutual-information estimator used by every taxonomy objective.
+r"""The InfoNCE mutual-information estimator used by every taxonomy objective.
 
 Fedorov et al., "Self-Supervised Multimodal Domino" (arXiv 2012.13623), §2, after AMDIM
-(Bachman et al., NeurIPS 2019). The estimator is written so that memory grows linearly with the
-number of candidate locations: it never builds a batch×batch×locations mask of positives.
+(Bachman et al., NeurIPS 2019). With anchors :math:`y \in \mathbb{R}^{B \times C \times L_y}`
+and candidates :math:`x \in \mathbb{R}^{B' \times C \times L_x}` (B' = B, or the global batch
+when negatives are gathered across processes, the local anchors' own samples starting at row
+``offset``) the raw scores are :math:`s_{ijab} = \kappa\, y_{i,:,b}^\top x_{j,:,a}` and the
+clipped scores :math:`\tilde s = c \tanh(s / c)`. The estimator needs only three things of the
+:math:`B \times B' \times L_x \times L_y` score tensor:
+
+.. math::
+    \mathrm{pos}_{iab} = \tilde s_{i,\,o+i,\,ab}, \qquad
+    P_{ij} = \log \sum_{a,b} e^{\tilde s_{ijab}}, \qquad
+    Q = \sum_{ijab} s_{ijab}^2,
+
+then :math:`N_i = \log\sum_{j \ne o+i} e^{P_{ij}}`, the loss
+:math:`\operatorname{mean}_{iab} \operatorname{softplus}(N_i - \mathrm{pos}_{iab})` and the
+penalty :math:`w\,Q / (B B' L_x L_y)`.
+
+Two estimators compute them:
+
+* ``dense`` (:func:`infonce_dense`) builds the whole score tensor and lets autograd keep the
+  raw, squared and clipped copies for backward: several :math:`B B' L_x L_y` buffers alive at
+  once (8 MiB each at B = B' = 64, L_x = 512, L_y = 1 in float32).
+* ``lean`` (the default of :func:`infonce`) computes all three in **one pass** over the scores,
+  chunked over candidate samples: a chunk J of k samples is one batched matrix product giving
+  its :math:`k \times B L_y \times L_x` block of s; the block adds :math:`\lVert s_J\rVert^2` to
+  Q, is clipped in place and reduced in place to :math:`P_{:,J}`, then freed. (With a clip, the
+  clipped scores lie in [−c, c], so for c below ~75 in float32 the log-sum-exp needs no
+  max-shift.) The positives are B products of a :math:`L_y \times C` by a :math:`C \times L_x`
+  matrix. Backward **recomputes** each block instead of saving it (activation recomputation,
+  the trade of :func:`torch.utils.checkpoint` but inside one :class:`torch.autograd.Function`,
+  so the recomputed block is never kept) and applies
+
+  .. math::
+      \frac{\partial \mathcal L}{\partial s_{ijab}} = g^P_{ij}\,
+          e^{\tilde s_{ijab} - P_{ij}}\,\bigl(1 - (\tilde s_{ijab}/c)^2\bigr)
+          + 2 g^Q s_{ijab}
+          + [j = o+i]\, g^{\mathrm{pos}}_{iab} \bigl(1 - (\tilde s_{ijab}/c)^2\bigr),
+
+  with :math:`\partial\mathcal L / \partial y_{i,:,b} = \kappa \sum_{j,a}
+  \frac{\partial \mathcal L}{\partial s_{ijab}} x_{j,:,a}` and
+  :math:`\partial\mathcal L / \partial x_{j,:,a} = \kappa \sum_{i,b}
+  \frac{\partial \mathcal L}{\partial s_{ijab}} y_{i,:,b}`, as batched matrix products of the
+  block written straight into one gradient buffer per input. Saved for backward: the inputs,
+  the :math:`B \times B'` matrix P and the B·L_y·L_x clipped positives; at most about three
+  chunk-sized buffers exist at any time.
+
+The chunk holds at most :data:`CHUNK_ELEMENTS` scores (:func:`auto_chunk_size`) unless
+``chunk_size`` (candidate samples per chunk) is given; a score tensor that small is done in one
+chunk. Measured at B = C = 64, L_y = 1 on 2 CPU threads (forward + backward, torch 2.13):
+the peak of allocated memory drops from 56 MiB to 15 MiB at L_x = 512 (7 → 5 MiB at
+L_x = 64), and the lean estimator is faster at both (median 60 vs 104 ms at L_x = 512, 23 vs
+33 ms at L_x = 64). Recomputing inside one Function was about twice as fast as
+:func:`torch.utils.checkpoint` per chunk, which also keeps the chunk's intermediates.
 """
 
 from __future__ import annotations
@@ -27,19 +77,9 @@ class InfoNCEResult:
     penalty: Tensor
 
 
-def critic_scores(anchors: Tensor, candidates: Tensor, critic: Critic = "scaled_dot",
-                  temperature: float = 1.0) -> Tensor:
-    r"""Raw critic scores between every anchor and every candidate location.
-
-    With anchors :math:`y \in \mathbb{R}^{B \times C \times L_y}` and candidates
-    :math:`x \in \mathbb{R}^{B \times C \times L_x}` it returns
-    :math:`s \in \mathbb{R}^{B \times B \times L_x \times L_y}` with
-    :math:`s_{ijab} = f(y_{i,:,b}, x_{j,:,a})`, where the critic f is
-
-    * ``scaled_dot``: :math:`u^\top v / \sqrt{C}` (every configuration of the paper),
-    * ``dot``: :math:`u^\top v` (the "separable" critic of the reference tests),
-    * ``cosine``: :math:`u^\top v / (\lVert u\rVert \lVert v\rVert \tau)`.
-    """
+def _critic_inputs(anchors: Tensor, candidates: Tensor, critic: Critic,
+                   temperature: float) -> tuple[Tensor, Tensor, float]:
+    """Validate shapes and critic; return the (normalised, for cosine) inputs and the scale κ."""
     if anchors.dim() != 3 or candidates.dim() != 3:
         raise ValueError(
             f"anchors and candidates must be (batch, channels, locations); got "
@@ -60,6 +100,23 @@ def critic_scores(anchors: Tensor, candidates: Tensor, critic: Critic = "scaled_
         scale = 1.0
     else:
         raise ValueError(f"unknown critic {critic!r}; valid critics: {', '.join(CRITICS)}")
+    return anchors, candidates, scale
+
+
+def critic_scores(anchors: Tensor, candidates: Tensor, critic: Critic = "scaled_dot",
+                  temperature: float = 1.0) -> Tensor:
+    r"""Raw critic scores between every anchor and every candidate location.
+
+    With anchors :math:`y \in \mathbb{R}^{B \times C \times L_y}` and candidates
+    :math:`x \in \mathbb{R}^{B \times C \times L_x}` it returns
+    :math:`s \in \mathbb{R}^{B \times B \times L_x \times L_y}` with
+    :math:`s_{ijab} = f(y_{i,:,b}, x_{j,:,a})`, where the critic f is
+
+    * ``scaled_dot``: :math:`u^\top v / \sqrt{C}` (every configuration of the paper),
+    * ``dot``: :math:`u^\top v` (the "separable" critic of the reference tests),
+    * ``cosine``: :math:`u^\top v / (\lVert u\rVert \lVert v\rVert \tau)`.
+    """
+    anchors, candidates, scale = _critic_inputs(anchors, candidates, critic, temperature)
     return torch.einsum("icb,jca->ijab", anchors, candidates) * scale
 
 
@@ -108,6 +165,40 @@ class _AllGather(torch.autograd.Function):
         return grad[rank * rows:(rank + 1) * rows]
 
 
+Estimator = Literal["lean", "dense"]
+ESTIMATORS: tuple[str, ...] = ("lean", "dense")
+
+#: Scores per chunk of the lean estimator (2**19 float32 scores = 2 MiB, 4 chunks at B = 64,
+#: L_x = 512); a score tensor no larger than this is computed in one chunk. Smaller chunks save
+#: little more (the candidates' gradient dominates) and cost a thread synchronisation per pass.
+CHUNK_ELEMENTS: int = 2**19
+
+
+def _common_checks(anchors: Tensor, candidates: Tensor) -> None:
+    """The check both estimators make before gathering: anchors and candidates share B."""
+    if anchors.dim() == 3 and candidates.dim() == 3 and anchors.shape[0] != candidates.shape[0]:
+        raise ValueError(
+            f"anchors {tuple(anchors.shape)} and candidates {tuple(candidates.shape)} must share "
+            "batch size and channel count"
+        )
+
+
+def _check_negatives(candidates: Tensor) -> None:
+    if candidates.shape[0] < 2:
+        raise ValueError(
+            f"InfoNCE needs at least 2 samples per batch for negatives; got {candidates.shape[0]}"
+        )
+
+
+def _check_settings(clip: float | None, chunk_size: int | None) -> None:
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be positive or None; got {clip}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+
+
 def infonce(
     anchors: Tensor,
     candidates: Tensor,
@@ -117,6 +208,8 @@ def infonce(
     penalty_weight: float = 0.04,
     temperature: float = 1.0,
     gather: bool = False,
+    estimator: Estimator = "lean",
+    chunk_size: int | None = None,
 ) -> InfoNCEResult:
     r"""AMDIM-style InfoNCE between anchors and candidate locations.
 
@@ -141,8 +234,8 @@ def infonce(
     and the loss is the mean of :math:`\ell_{iab}` over i, a, b. Other locations of the same
     sample are neither positives of each other's softmax nor negatives (as in the reference).
 
-    Memory is :math:`O(B^2 L_x L_y)` for the score tensor itself and nothing more: positives are
-    read from the diagonal and the negatives' log-sum-exp masks only a B×B diagonal.
+    Both estimators (module docstring) give the same loss, penalty and gradients; ``lean``
+    never holds more than a chunk of the score tensor, in forward or backward.
 
     Args:
         anchors: (B, C, L_y), typically L_y = 1 (a global vector or one sampled location).
@@ -154,23 +247,78 @@ def infonce(
         gather: under data-parallel training, take the candidates of every process (with
             gradients, :func:`gather_with_grad`), so each local anchor has the negatives of
             the global batch; the mean over processes then equals the global-batch loss.
+        estimator: ``lean`` (default: chunked, recomputing backward) or ``dense``
+            (:func:`infonce_dense`, the whole score tensor kept for backward).
+        chunk_size: candidate samples per chunk of the lean estimator; by default as many as
+            keep a chunk within :data:`CHUNK_ELEMENTS` scores (at least one). Ignored by
+            ``dense``.
 
     Returns:
         :class:`InfoNCEResult` with the scalar loss and the scalar penalty (0 if w = 0).
     """
-    if anchors.dim() == 3 and candidates.dim() == 3 and anchors.shape[0] != candidates.shape[0]:
+    if estimator not in ESTIMATORS:
         raise ValueError(
-            f"anchors {tuple(anchors.shape)} and candidates {tuple(candidates.shape)} must share "
-            "batch size and channel count"
+            f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
         )
+    _check_settings(clip, chunk_size)
+    if estimator == "dense":
+        return infonce_dense(anchors, candidates, critic=critic, clip=clip,
+                             penalty_weight=penalty_weight, temperature=temperature,
+                             gather=gather)
+    _common_checks(anchors, candidates)
     offset = 0
     if gather:
         candidates, offset = gather_with_grad(candidates)
+    return _lean_infonce(anchors, candidates, offset, critic=critic, clip=clip,
+                         penalty_weight=penalty_weight, temperature=temperature,
+                         chunk_size=chunk_size)
+
+
+def infonce_dense(
+    anchors: Tensor,
+    candidates: Tensor,
+    *,
+    critic: Critic = "scaled_dot",
+    clip: float | None = 20.0,
+    penalty_weight: float = 0.04,
+    temperature: float = 1.0,
+    gather: bool = False,
+) -> InfoNCEResult:
+    """:func:`infonce` computed on the whole B×B'×L_x×L_y score tensor at once.
+
+    Positives are read from the diagonal and the negatives' log-sum-exp masks only a B×B'
+    diagonal, so no positive mask is built; but the raw, squared and clipped score tensors are
+    all kept for backward. Kept as the baseline of the lean estimator (same arguments as
+    :func:`infonce`, without ``estimator`` and ``chunk_size``).
+    """
+    _check_settings(clip, None)
+    _common_checks(anchors, candidates)
+    offset = 0
+    if gather:
+        candidates, offset = gather_with_grad(candidates)
+    return _dense_infonce(anchors, candidates, offset, critic=critic, clip=clip,
+                          penalty_weight=penalty_weight, temperature=temperature)
+
+
+def _loss_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tensor:
+    r"""mean softplus(N_i − pos), N_i the log-sum-exp of P_ij over j ≠ offset + i.
+
+    ``positives`` holds :math:`\tilde s_{i,o+i,ab}`, B first, any layout of (a, b) after.
+    """
+    batch = positives.shape[0]
+    same_sample = torch.zeros_like(per_pair, dtype=torch.bool)
+    same_sample[:, offset:offset + batch] = torch.eye(batch, dtype=torch.bool,
+                                                      device=per_pair.device)
+    negatives = torch.logsumexp(per_pair.masked_fill(same_sample, float("-inf")), dim=1)
+    return F.softplus(negatives[:, None, None] - positives).mean()
+
+
+def _dense_infonce(anchors: Tensor, candidates: Tensor, offset: int, *, critic: Critic,
+                   clip: float | None, penalty_weight: float,
+                   temperature: float) -> InfoNCEResult:
+    """The dense estimator for local anchors whose own samples are ``candidates[offset:]``."""
+    _check_negatives(candidates)
     batch = anchors.shape[0]
-    if candidates.shape[0] < 2:
-        raise ValueError(
-            f"InfoNCE needs at least 2 samples per batch for negatives; got {candidates.shape[0]}"
-        )
     raw = critic_scores(anchors, candidates, critic, temperature)
     penalty = penalty_weight * raw.pow(2).mean() if penalty_weight else raw.new_zeros(())
     scores = clip * torch.tanh(raw / clip) if clip is not None else raw
@@ -179,12 +327,224 @@ def infonce(
     positives = torch.diagonal(own, dim1=0, dim2=1).permute(2, 0, 1)  # (B, L_x, L_y)
     # Negatives: log-sum-exp over candidate sample j ≠ i and all location pairs.
     per_pair = torch.logsumexp(scores.flatten(2), dim=2)  # (B, B_all): anchor i, candidate j
-    same_sample = torch.zeros_like(per_pair, dtype=torch.bool)
-    same_sample[:, offset:offset + batch] = torch.eye(batch, dtype=torch.bool,
-                                                      device=scores.device)
-    negatives = torch.logsumexp(per_pair.masked_fill(same_sample, float("-inf")), dim=1)
-    loss = F.softplus(negatives[:, None, None] - positives).mean()
-    return InfoNCEResult(loss=loss, penalty=penalty)
+    return InfoNCEResult(loss=_loss_from_parts(positives, per_pair, offset), penalty=penalty)
+
+
+def auto_chunk_size(batch: int, anchor_locations: int, candidate_locations: int,
+                    n_candidates: int, budget: int = CHUNK_ELEMENTS) -> int:
+    """Candidate samples per lean chunk: the most k ≤ B' with B·L_y·k·L_x ≤ budget (k ≥ 1)."""
+    per_sample = batch * anchor_locations * candidate_locations
+    return max(1, min(n_candidates, budget // max(per_sample, 1)))
+
+
+def _lean_infonce(anchors: Tensor, candidates: Tensor, offset: int, *, critic: Critic,
+                  clip: float | None, penalty_weight: float, temperature: float,
+                  chunk_size: int | None = None) -> InfoNCEResult:
+    r"""The lean estimator for local anchors whose own samples are ``candidates[offset:]``.
+
+    The positives :math:`\tilde s_{i,o+i,ab}`, the pair log-sum-exps P and the sum of squared
+    raw scores Q all come from :class:`_ChunkedScores`.
+    """
+    _check_settings(clip, chunk_size)
+    anchors, candidates, scale = _critic_inputs(anchors, candidates, critic, temperature)
+    _check_negatives(candidates)
+    device_type = candidates.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Under mixed precision the chunks are computed in float32 (the dense estimator's
+        # log-sum-exp runs in float32 under autocast too).
+        with torch.autocast(device_type, enabled=False):
+            return _lean_infonce((anchors * scale).float(), candidates.float(), offset,
+                                 critic="dot", clip=clip, penalty_weight=penalty_weight,
+                                 temperature=1.0, chunk_size=chunk_size)
+    batch, channels, n_anchor = anchors.shape
+    n_cand_samples, _, n_cand = candidates.shape
+    scaled = anchors * scale if scale != 1.0 else anchors
+    rows = scaled.transpose(1, 2).reshape(batch * n_anchor, channels).contiguous()  # (B·L_y, C)
+    candidates = candidates.contiguous()  # chunks are row blocks; their gradients are written so
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(batch, n_anchor, n_cand, n_cand_samples)
+    positives, per_pair, squares = _ChunkedScores.apply(
+        rows, candidates, batch, offset, clip, chunk_size, bool(penalty_weight))
+    if penalty_weight:
+        penalty = penalty_weight * squares / (batch * n_cand_samples * n_cand * n_anchor)
+    else:
+        penalty = per_pair.new_zeros(())
+    return InfoNCEResult(loss=_loss_from_parts(positives, per_pair, offset), penalty=penalty)
+
+
+def _logsumexp_pairs_(scores: Tensor) -> Tensor:
+    """log Σ_{b,a} exp over dims 2 and 3 of (k, B, L_y, L_x) → (k, B), destroying ``scores``."""
+    peak = scores.amax(dim=(2, 3), keepdim=True)
+    total = scores.sub_(peak).exp_().sum(dim=(2, 3))
+    return total.log_().add_(peak[:, :, 0, 0])
+
+
+def _chunks(total: int, chunk: int) -> list[tuple[int, int]]:
+    """[(start, stop)] of consecutive chunks of ``chunk`` items covering ``total`` items."""
+    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
+class _ChunkedScores(torch.autograd.Function):
+    r"""Positives, pair log-sum-exps P and Q = Σ s², chunked, recomputed in backward.
+
+    Inputs: ``rows`` (B·L_y, C), the scaled anchors with rows ordered (sample, location);
+    ``candidates`` (B', C, L_x); ``batch`` B; ``offset`` o, the row of anchor 0's own sample;
+    ``clip`` c or None; ``chunk`` candidate samples per chunk; ``want_squares`` whether Q is
+    needed. Outputs the clipped positives :math:`\tilde s_{i,o+i,ab}` as (B, L_y, L_x),
+    P (B, B') and Q (0-d).
+
+    A chunk of k candidate samples is the batched product ``rows @ candidates[J]`` of shape
+    (k, B·L_y, L_x), laid out (j, i, b, a): no copy of the candidates is made. With a clip the
+    rows are divided by c first, so the product is s/c, ready for the tanh (Q is then
+    :math:`c^2 \sum (s/c)^2`). In backward the candidates' gradient, from the chunks and from
+    the positives, is written straight into one buffer, so the candidates get a single
+    gradient tensor, and every op per chunk works in place where it can: each op is a pass
+    over the chunk, and on a busy CPU each pass also costs a thread synchronisation.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, rows: Tensor, candidates: Tensor, batch: int,
+        offset: int, clip: float | None, chunk: int, want_squares: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        n_cand_samples, channels, n_cand = candidates.shape
+        n_anchor = rows.shape[0] // batch
+        lhs = rows if clip is None else rows / clip
+        shift = _needs_shift(clip, n_anchor * n_cand, rows.dtype)
+        pairs_t = rows.new_empty(n_cand_samples, batch)  # P transposed: a row per sample j
+        squares = rows.new_zeros(())
+        for start, stop in _chunks(n_cand_samples, chunk):
+            scores = torch.bmm(lhs.expand(stop - start, *lhs.shape), candidates[start:stop])
+            if want_squares:  # norms of rows of L_x, then a pairwise sum: accurate in float32
+                squares += torch.linalg.vector_norm(scores, dim=-1).square_().sum()
+            grid = scores.view(stop - start, batch, n_anchor, n_cand)  # s, or s/c with a clip
+            if clip is not None:
+                grid.tanh_().mul_(clip)
+            if shift:
+                pairs_t[start:stop] = _logsumexp_pairs_(grid)
+            else:  # |s̃| ≤ c: exp neither overflows nor underflows
+                torch.sum(grid.exp_(), dim=(2, 3), out=pairs_t[start:stop])
+            del scores, grid
+        if not shift:
+            pairs_t.log_()
+        per_pair = pairs_t.T.contiguous()
+        if clip is not None:
+            squares = squares * clip**2
+        own = candidates[offset:offset + batch]
+        positives = torch.bmm(lhs.view(batch, n_anchor, channels), own)  # (B, L_y, L_x)
+        squashed = None
+        if clip is not None:
+            squashed = positives.tanh_()
+            positives = squashed * clip
+        ctx.save_for_backward(rows, candidates, per_pair, squashed)  # type: ignore[arg-type]
+        ctx.batch, ctx.offset, ctx.clip = batch, offset, clip  # type: ignore[attr-defined]
+        ctx.chunk, ctx.shift = chunk, shift  # type: ignore[attr-defined]
+        ctx.set_materialize_grads(False)
+        return positives, per_pair, squares
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_positives: Tensor | None,
+        grad_pairs: Tensor | None, grad_squares: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+        rows, candidates, per_pair, squashed = ctx.saved_tensors  # type: ignore[attr-defined]
+        batch, offset, clip = ctx.batch, ctx.offset, ctx.clip  # type: ignore[attr-defined]
+        chunk, shift = ctx.chunk, ctx.shift  # type: ignore[attr-defined]
+        need_rows, need_cands = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
+        n_cand_samples, channels, n_cand = candidates.shape
+        n_rows = rows.shape[0]
+        lhs = rows if clip is None else rows / clip
+        # Σ over chunk samples of G_j x_jᵀ is summed once at the end.
+        grad_rows_parts = (rows.new_zeros(min(chunk, n_cand_samples), n_rows, channels)
+                           if need_rows else None)
+        grad_cands = torch.empty_like(candidates) if need_cands else None
+        # 2 g^Q s = 2 g^Q c (s/c): the coefficient of the product's output.
+        penalty_coef = None if grad_squares is None else \
+            2 * grad_squares * (1.0 if clip is None else clip)
+        # g^P exp(s̃ − P): with the shift as written, without it as exp(s̃) · g^P e^{−P}.
+        if grad_pairs is not None and not shift:
+            grad_pairs = grad_pairs * (-per_pair).exp()
+        log_norm = per_pair.T[:, :, None, None] if shift else None  # (B', B, 1, 1)
+        weight = None if grad_pairs is None else grad_pairs.T[:, :, None, None]
+        for start, stop in _chunks(n_cand_samples, chunk):
+            block = candidates[start:stop]
+            scores = torch.bmm(lhs.expand(stop - start, *lhs.shape), block)
+            grad = _score_gradient_(
+                scores.view(stop - start, batch, -1, n_cand),
+                None if log_norm is None else log_norm[start:stop],
+                None if weight is None else weight[start:stop],
+                penalty_coef, clip,
+            ).view(stop - start, n_rows, n_cand)
+            if grad_rows_parts is not None:
+                grad_rows_parts[:stop - start].baddbmm_(grad, block.transpose(1, 2))
+            if grad_cands is not None:
+                torch.bmm(rows.T.expand(stop - start, channels, n_rows), grad,
+                          out=grad_cands[start:stop])
+            del scores, grad
+        grad_rows = None if grad_rows_parts is None else grad_rows_parts.sum(dim=0)
+        if grad_positives is not None:  # positives s_{i,o+i,ab}: one L_y×C by C×L_x product each
+            grad_raw = grad_positives if squashed is None else \
+                grad_positives * (1 - squashed * squashed)  # (B, L_y, L_x)
+            if grad_rows is not None:
+                own = candidates[offset:offset + batch]
+                grad_rows += torch.bmm(grad_raw, own.transpose(1, 2)).view(n_rows, channels)
+            if grad_cands is not None:
+                per_sample = rows.view(batch, -1, channels)
+                grad_cands[offset:offset + batch].baddbmm_(per_sample.transpose(1, 2), grad_raw)
+        return grad_rows, grad_cands, None, None, None, None, None
+
+
+def _needs_shift(clip: float | None, terms: int, dtype: torch.dtype) -> bool:
+    r"""Whether a log-sum-exp of ``terms`` clipped scores needs its maximum subtracted.
+
+    Clipped scores lie in [−c, c]: when :math:`e^{c} \cdot \mathrm{terms}` cannot overflow and
+    :math:`e^{-c}` cannot underflow in ``dtype`` (c ≤ ~75 in float32, any paper setting), the
+    plain sum of exponentials is exact to rounding and saves two passes over each chunk.
+    """
+    if clip is None:
+        return True
+    info = torch.finfo(dtype)
+    return not (clip + math.log(terms) < math.log(info.max) - 4
+                and clip < -math.log(info.tiny) - 4)
+
+
+def _score_gradient_(scores: Tensor, log_norm: Tensor | None, weight: Tensor | None,
+                     penalty_coef: Tensor | None, clip: float | None) -> Tensor:
+    r"""∂L/∂s for one recomputed chunk (k, B, L_y, L_x); may overwrite ``scores``.
+
+    ``scores`` holds :math:`u = s/c` with a clip (u = s without), and
+
+    .. math::
+        \frac{\partial L}{\partial s} = \omega\, e^{\tilde s - \lambda}
+            \bigl(1 - \tanh^2 u\bigr) + \beta u,
+        \qquad \tilde s = c \tanh u,
+
+    with :math:`\lambda` = ``log_norm`` (P, or 0 when None), :math:`\omega` = ``weight``
+    (:math:`g^P`, or :math:`g^P e^{-P}` when λ = 0), both broadcasting against ``scores``, and
+    :math:`\beta` = ``penalty_coef`` (:math:`2 g^Q c`, or :math:`2 g^Q` without a clip, when
+    :math:`\tilde s = u` and the middle factor is 1).
+    """
+    if weight is None:  # only the penalty reaches the scores
+        if penalty_coef is None:
+            return scores.zero_()
+        return scores.mul_(penalty_coef)
+    keep_raw = penalty_coef is not None
+    if clip is None:
+        if log_norm is None:
+            raise ValueError("unclipped scores need their log-sum-exp shift")
+        shifted = scores - log_norm if keep_raw else scores.sub_(log_norm)
+        grad = shifted.exp_().mul_(weight)
+    else:
+        squashed = torch.tanh(scores) if keep_raw else scores.tanh_()
+        grad = torch.mul(squashed, clip)
+        if log_norm is not None:
+            grad.sub_(log_norm)
+        grad.exp_().mul_(weight)
+        grad.addcmul_(grad, squashed.mul_(squashed), value=-1)  # × (1 − tanh²)
+    if penalty_coef is not None:
+        grad.addcmul_(scores, penalty_coef)
+    return grad
 
 
 def infonce_with_masks(

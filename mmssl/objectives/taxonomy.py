@@ -27,16 +27,13 @@ This module is pure: it knows nothing about encoders, files or training loops.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from mmssl.objectives.infonce import CRITICS, Critic, InfoNCEResult, infonce
-
-MODES: tuple[str, ...] = ("CR", "XX", "CC", "RR")
-CROSS_MODAL_MODES: frozenset[str] = frozenset({"XX", "CC", "RR"})
 
 
 class ObjectiveError(ValueError):
@@ -81,7 +78,17 @@ class Objective:
     @property
     def is_cross_modal(self) -> bool:
         """Whether any mode relates two modalities."""
-        return any(m in CROSS_MODAL_MODES for m in self.modes)
+        return any(MODES[m].cross_modal for m in self.modes)
+
+    @property
+    def cross_modal_modes(self) -> tuple[str, ...]:
+        """The enabled modes that relate two modalities."""
+        return tuple(m for m in self.modes if MODES[m].cross_modal)
+
+    @property
+    def needs_local(self) -> bool:
+        """Whether any mode uses the local features C (so encoders need local heads)."""
+        return any(MODES[m].needs_local for m in self.modes)
 
     def __str__(self) -> str:
         return self.name
@@ -201,51 +208,108 @@ def taxonomy_loss(
             f"local features for {sorted(set(local) - set(modalities))} have no global features"
         )
     if objective.is_cross_modal and len(modalities) < 2:
-        cross = [m for m in objective.modes if m in CROSS_MODAL_MODES]
+        cross = list(objective.cross_modal_modes)
         raise ObjectiveError(
             f"objective {objective.name} has cross-modal mode(s) {', '.join(cross)}, which need "
             f"at least two modalities; got {modalities or 'none'}. Use CR for one modality."
         )
-    if any(m in objective.modes for m in ("CR", "XX", "CC")) and not any(local.values()):
+    if objective.needs_local and not any(local.values()):
         raise ObjectiveError(f"objective {objective.name} needs local features; none were given")
 
-    terms: dict[str, Tensor] = {}
     total = next(iter(global_.values())).new_zeros(())
-
-    def add(mode: str, name: str, result: InfoNCEResult) -> None:
-        nonlocal total
+    terms: dict[str, Tensor] = {}
+    features = Features(local=local, global_=global_, generator=generator)
+    for mode in objective.modes:
         weight = mode_weights[mode]
-        terms[name] = result.loss
-        terms[f"{name}/penalty"] = result.penalty
-        total = total + weight * result.loss + (weight if weight_penalty else 1.0) * result.penalty
-
-    def as_anchor(vector: Tensor) -> Tensor:
-        return vector.unsqueeze(-1)
-
-    pairs = list(itertools.permutations(modalities, 2))
-    if "CR" in objective.modes:
-        for modality in modalities:
-            for layer, features in local.get(modality, {}).items():
-                add("CR", f"CR/{layer}/{modality}",
-                    estimator(as_anchor(global_[modality]), features))
-    if "XX" in objective.modes:
-        for anchor, other in pairs:
-            for layer, features in local.get(other, {}).items():
-                add("XX", f"XX/{layer}/{anchor}:{other}",
-                    estimator(as_anchor(global_[anchor]), features))
-    if "CC" in objective.modes:
-        for anchor, other in pairs:
-            shared = [k for k in local.get(anchor, {}) if k in local.get(other, {})]
-            if not shared:
-                raise ObjectiveError(
-                    f"CC needs a layer tapped in both {anchor} and {other}; got "
-                    f"{sorted(local.get(anchor, {}))} and {sorted(local.get(other, {}))}"
-                )
-            for layer in shared:
-                anchors = sample_locations(local[anchor][layer], generator)
-                add("CC", f"CC/{layer}/{anchor}:{other}", estimator(anchors, local[other][layer]))
-    if "RR" in objective.modes:
-        for candidates, anchor in pairs:
-            add("RR", f"RR/{anchor}:{candidates}",
-                estimator(as_anchor(global_[anchor]), as_anchor(global_[candidates])))
+        for name, result in MODES[mode].terms(features, estimator):
+            terms[name] = result.loss
+            terms[f"{name}/penalty"] = result.penalty
+            penalty_weight = weight if weight_penalty else 1.0
+            total = total + weight * result.loss + penalty_weight * result.penalty
     return TaxonomyLoss(total=total, terms=terms)
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the mode terms read: projected local maps C, globals R, and a random source."""
+
+    local: Mapping[str, Mapping[str, Tensor]]
+    global_: Mapping[str, Tensor]
+    generator: torch.Generator | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.global_)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every ordered pair of different modalities."""
+        return list(itertools.permutations(self.modalities, 2))
+
+
+Terms = Iterator[tuple[str, InfoNCEResult]]
+
+
+def _anchor(vector: Tensor) -> Tensor:
+    return vector.unsqueeze(-1)
+
+
+def cr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+    """CR: :math:`I(R_i; C_i)` for every modality i and tapped layer (``CR/layer/i``)."""
+    for modality in features.modalities:
+        for layer, local in features.local.get(modality, {}).items():
+            yield f"CR/{layer}/{modality}", estimator(_anchor(features.global_[modality]), local)
+
+
+def xx_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+    """XX: :math:`I(R_i; C_j)` for every i ≠ j and layer of j (``XX/layer/i:j``)."""
+    for anchor, other in features.pairs():
+        for layer, local in features.local.get(other, {}).items():
+            yield (f"XX/{layer}/{anchor}:{other}",
+                   estimator(_anchor(features.global_[anchor]), local))
+
+
+def cc_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+    """CC: :math:`I(C_i[\\ell]; C_j)`, ℓ one random location per sample, layers tapped in both."""
+    for anchor, other in features.pairs():
+        mine, theirs = features.local.get(anchor, {}), features.local.get(other, {})
+        shared = [k for k in mine if k in theirs]
+        if not shared:
+            raise ObjectiveError(
+                f"CC needs a layer tapped in both {anchor} and {other}; got {sorted(mine)} and "
+                f"{sorted(theirs)}"
+            )
+        for layer in shared:
+            anchors = sample_locations(mine[layer], features.generator)
+            yield f"CC/{layer}/{anchor}:{other}", estimator(anchors, theirs[layer])
+
+
+def rr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+    """RR: :math:`I(R_j; R_i)` for every i ≠ j (``RR/j:i``: anchors from j)."""
+    for candidates, anchor in features.pairs():
+        yield (f"RR/{anchor}:{candidates}",
+               estimator(_anchor(features.global_[anchor]),
+                         _anchor(features.global_[candidates])))
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One row of the taxonomy: its name, scope, what it reads, and its terms."""
+
+    name: str
+    cross_modal: bool
+    needs_local: bool
+    description: str
+    terms: Callable[[Features, EstimatorSettings], Terms]
+
+
+#: The taxonomy, in canonical order. Adding a mode is one entry here (and one test).
+MODES: dict[str, Mode] = {
+    mode.name: mode for mode in (
+        Mode("CR", False, True, "within a modality, global-local (Deep InfoMax)", cr_terms),
+        Mode("XX", True, True, "across modalities, global-local", xx_terms),
+        Mode("CC", True, True, "across modalities, local-local", cc_terms),
+        Mode("RR", True, False, "across modalities, global-global (CMC-like)", rr_terms),
+    )
+}
+#: The modes that relate two modalities.
+CROSS_MODAL_MODES: frozenset[str] = frozenset(m.name for m in MODES.values() if m.cross_modal)

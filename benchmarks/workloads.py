@@ -1,0 +1,93 @@
+"""What the benchmarks time: full training steps of mmssl methods on batches made in advance.
+
+A *training step* is what ``MultimodalMethod.training_step`` and Lightning do per batch:
+``zero_grad``, ``compute_loss(batch, generator)`` with a fresh per-step
+:class:`torch.Generator`, ``backward`` and the optimizer step. The batches are prepared before
+timing (random views here, or augmented cohort batches in :mod:`benchmarks.neuro_training`),
+so loading and view generation are not part of a step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from mmssl.methods import OptimSettings
+
+__all__ = ["LossModel", "TrainingStep", "radam", "random_batches", "trainable_parameters"]
+
+
+class LossModel(Protocol):
+    """Anything with a method's ``compute_loss`` (a method, or one behind DDP)."""
+
+    def compute_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None
+                     ) -> tuple[Tensor, Any]:
+        """Total loss and named terms for a batch of views."""
+        ...
+
+
+def radam(model: torch.nn.Module, optim: OptimSettings) -> torch.optim.Optimizer:
+    """RAdam (the paper's optimizer) over the trainable parameters, at ``optim``'s learning rate
+    and weight decay; no scheduler (a benchmark has no epochs)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.RAdam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters (elements of the tensors that require grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def random_batches(
+    input_shapes: Mapping[str, Sequence[int]], batch_size: int, count: int,
+    device: torch.device, *, num_classes: int, seed: int = 1234,
+) -> list[dict[str, Tensor]]:
+    """``count`` batches in the training format: uniform views in [0, 1) plus labels.
+
+    Each batch is ``{modality: (batch_size, *shape), "label": (batch_size,)}`` with labels
+    uniform in ``0..num_classes-1`` (read by the supervised baseline only), drawn from one CPU
+    generator seeded with ``seed``, then moved to ``device``.
+    """
+    if batch_size < 1 or count < 1 or num_classes < 1:
+        raise ValueError(f"need batch_size, count and num_classes ≥ 1; got {batch_size}, "
+                         f"{count} and {num_classes}")
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        batch = {m: torch.rand(batch_size, *shape, generator=generator)
+                 for m, shape in input_shapes.items()}
+        batch["label"] = torch.randint(num_classes, (batch_size,), generator=generator)
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    return batches
+
+
+@dataclass
+class TrainingStep:
+    """A full training step per call, cycling through ``batches``; returns the detached loss.
+
+    Call ``k`` (from 0) uses ``batches[k % len(batches)]`` and the generator seeded with ``k``.
+    """
+
+    model: LossModel
+    optimizer: torch.optim.Optimizer
+    batches: Sequence[Mapping[str, Tensor]]
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        if not self.batches:
+            raise ValueError("TrainingStep needs at least one batch")
+
+    def __call__(self) -> Tensor:
+        """One step on the next batch."""
+        step = next(self.counter)
+        self.optimizer.zero_grad(set_to_none=True)
+        generator = torch.Generator().manual_seed(step)
+        loss, _ = self.model.compute_loss(self.batches[step % len(self.batches)], generator)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()

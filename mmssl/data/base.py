@@ -1,0 +1,152 @@
+"""The common base of every multimodal data module.
+
+A data module serves batches ``{modality: tensor, "label": tensor, ...}``: shuffled training
+batches (:meth:`MultimodalDataModule.train_dataloader`, resume-exact order, last incomplete batch
+dropped) and fixed, unshuffled evaluation batches of the ``train``, ``val`` and ``test`` splits
+(:meth:`MultimodalDataModule.eval_dataloader`), and tells the methods the ``input_shapes`` of
+its modalities and its ``num_classes``. Subclasses implement :meth:`setup`, :meth:`is_setup`,
+:meth:`train_dataset`, :meth:`eval_dataset` and the two properties; the argument checks, the
+loaders and the sampler live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmssl.data.loading import EVAL_SPLITS, EpochShuffleSampler, check_split, tensor_dict_loader
+from mmssl.data.splits import check_fold
+
+__all__ = ["MultimodalDataModule"]
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Shared arguments, checks and loaders of the mmssl data modules.
+
+    Args:
+        modalities: the modalities to serve, non-empty and without repeats; when
+            ``available`` is given, a subset of it.
+        available: the modalities the dataset has (``()``: any names, e.g. a manifest's
+            columns).
+        num_folds, fold: the cross-validation fold (``0 <= fold < num_folds``).
+        batch_size: training and validation batch size.
+        eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
+        seed: seeds splits, shuffling and augmentation.
+        num_workers: data-loader worker processes.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        *,
+        available: Sequence[str] = (),
+        num_folds: int = 5,
+        fold: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 343,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        mods = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+        if not mods:
+            raise ValueError("modalities must not be empty"
+                             + (f"; valid ones are {list(available)}" if available else ""))
+        unknown = [m for m in mods if available and m not in available]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; valid ones are {list(available)}")
+        if len(set(mods)) != len(mods):
+            raise ValueError(f"duplicate modalities in {list(mods)}")
+        check_fold(num_folds, fold)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        self.modalities: tuple[str, ...] = mods
+        self.num_folds = num_folds
+        self.fold = fold
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self._train_sampler: EpochShuffleSampler | None = None
+
+    # -- what subclasses provide ----------------------------------------------------------------
+    def is_setup(self) -> bool:
+        """Whether :meth:`setup` has loaded the data."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset[dict[str, Tensor]]:
+        """The training items (before any on-device augmentation)."""
+        raise NotImplementedError
+
+    def eval_dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
+        """The fixed items of ``split`` (``train``, ``val`` or ``test``) for evaluation."""
+        raise NotImplementedError
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Channel-first shape of one item of each served modality."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def require_setup(self) -> None:
+        if not self.is_setup():
+            raise RuntimeError(f"{type(self).__name__}.setup() must be called first")
+
+    def loader(self, dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
+               sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
+        """A batch-fetching loader with this module's workers."""
+        return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
+                                  sampler=sampler, drop_last=drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the order is a function of (seed, epoch), last dropped."""
+        self.require_setup()
+        dataset = self.train_dataset()
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < self.batch_size:
+            raise ValueError(
+                f"the training split holds {n} items, fewer than batch_size={self.batch_size}; "
+                "with drop_last there would be no training batch"
+            )
+        self._train_sampler = EpochShuffleSampler(n, seed=self.seed)
+        return self.loader(dataset, self.batch_size, sampler=self._train_sampler,
+                           drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches (fixed views), in order, batch size ``batch_size``."""
+        self.require_setup()
+        return self.loader(self.eval_dataset("val"), self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (fixed views), in order, batch size ``batch_size``."""
+        self.require_setup()
+        return self.loader(self.eval_dataset("test"), self.batch_size)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Fixed, unshuffled, complete batches of ``split`` for feature extraction."""
+        check_split(split, EVAL_SPLITS)
+        self.require_setup()
+        return self.loader(self.eval_dataset(split), self.eval_batch_size)
+
+    def current_epoch(self) -> int:
+        """The epoch seeding training augmentations (the trainer's, else the sampler's)."""
+        if self.trainer is not None:
+            return int(self.trainer.current_epoch)
+        return 0 if self._train_sampler is None else self._train_sampler.epoch
+
+    def describe(self) -> dict[str, Any]:
+        """A few facts for logs and records."""
+        return {"modalities": list(self.modalities), "fold": self.fold,
+                "num_folds": self.num_folds, "seed": self.seed}

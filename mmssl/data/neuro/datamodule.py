@@ -1,0 +1,323 @@
+"""The multimodal neuroimaging data module: a validated, cached cohort split by subject.
+
+Pretraining uses every session of the training subjects plus every unlabelled subject;
+evaluation uses one session (the first labelled one) per labelled subject of each split. The
+splits are subject-level (:func:`~mmssl.data.splits.subject_splits`): no subject is in two
+sets. Training batches get the same random pad-crop (and optional flips) in every modality,
+drawn on the training device from a generator seeded by (seed, epoch, first row of the
+batch), so a resumed run sees the same augmentations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmssl import io
+from mmssl.data.base import MultimodalDataModule
+from mmssl.data.loading import EVAL_SPLITS
+from mmssl.data.neuro.augment import shared_crop_flip
+from mmssl.data.neuro.cache import CACHE_DIR_NAME, CACHE_HINT
+from mmssl.data.neuro.cohort import Cohort, load_cohort
+from mmssl.data.neuro.preprocessing import Preprocessing
+from mmssl.data.neuro.validation import MAX_VOLUME_BYTES
+from mmssl.data.registry import DatasetSpec, DataSettings, register_dataset
+from mmssl.data.splits import subject_splits
+from mmssl.data.views import derive_seed
+from mmssl.errors import DataError
+from mmssl.settings import require
+
+__all__ = ["AugmentationSettings", "CohortDataset", "NeuroDataModule", "NeuroSettings"]
+
+
+@dataclass
+class AugmentationSettings:
+    """Training augmentation shared by the modalities (fusion-spec §4.4): zero-pad ``pad``
+    voxels then a random crop back to the grid; ``flip`` each axis with probability ½."""
+
+    pad: int = 8
+    flip: bool = False
+
+    def validate(self) -> None:
+        require(self.pad >= 0, "pad", f"must be ≥ 0; got {self.pad}")
+
+
+@dataclass
+class NeuroSettings:
+    """Paired brain volumes from a manifest CSV (:mod:`mmssl.data.neuro`).
+
+    ``manifest`` is the CSV (``--manifest``); ``on_bad_row`` ``error`` lists every problem and
+    stops, ``skip`` drops bad rows into ``skipped_rows.csv``; ``cache_dir`` holds the
+    preprocessed volumes (default ``<manifest folder>/.mmssl_cache``; ``--cache-dir``);
+    ``val_fraction`` of the non-test subjects validate; ``label_mapping`` maps class names to
+    integers (``{CN: 0, AD: 1}``); ``strict_grid`` requires a row's modalities to share a voxel
+    grid; ``max_volume_bytes`` bounds the voxel data a file may declare.
+    """
+
+    manifest: str | None = None
+    on_bad_row: Literal["error", "skip"] = "error"
+    cache_dir: str | None = None
+    val_fraction: float = 0.2
+    label_mapping: dict[str, int] | None = None
+    strict_grid: bool = True
+    max_volume_bytes: int = MAX_VOLUME_BYTES
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
+
+    def validate(self) -> None:
+        require(0 < self.val_fraction < 1, "val_fraction",
+                f"must be in (0, 1); got {self.val_fraction}")
+        require(self.max_volume_bytes > 0, "max_volume_bytes",
+                f"must be positive; got {self.max_volume_bytes}")
+
+
+class CohortDataset(Dataset[dict[str, Tensor]]):
+    """Rows of a cohort: modality volumes (1, D, H, W), label and (optionally) row index."""
+
+    def __init__(self, volumes: Mapping[str, np.ndarray], rows: np.ndarray, labels: np.ndarray,
+                 *, with_index: bool = False) -> None:
+        self.volumes = volumes
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = labels
+        self.with_index = with_index
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """A whole batch in one read per modality (rows sorted for the memmap)."""
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        order = np.argsort(rows)  # memmaps read fastest in file order
+        batch: dict[str, Tensor] = {}
+        for modality, volumes in self.volumes.items():
+            data = np.empty((len(rows), *volumes.shape[1:]), dtype=np.float32)
+            data[order] = volumes[rows[order]]
+            batch[modality] = torch.from_numpy(data).unsqueeze(1)
+        batch["label"] = torch.from_numpy(self.labels[rows].astype(np.int64))
+        if self.with_index:
+            batch["index"] = torch.from_numpy(rows)
+        return batch
+
+
+class NeuroDataModule(MultimodalDataModule):
+    """Paired volumes from a manifest (see :mod:`mmssl.data.neuro` for the format).
+
+    Args:
+        manifest: the manifest CSV.
+        modalities: its path columns to use, e.g. ``("t1", "falff")``.
+        preprocessing: target grid, mask and normalisation (cached by content).
+        pad, flip: training augmentation (shared pad-crop; flips of every axis).
+        on_bad_row: ``error`` (default: stop with the full list of problems) or ``skip``.
+        report_path: where the skipped rows are listed.
+    """
+
+    def __init__(
+        self,
+        manifest: Path,
+        modalities: Sequence[str],
+        *,
+        num_folds: int = 5,
+        fold: int = 0,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        seed: int = 343,
+        num_workers: int = 0,
+        val_fraction: float = 0.2,
+        preprocessing: Preprocessing | None = None,
+        cache_dir: Path | None = None,
+        on_bad_row: str = "error",
+        report_path: Path | None = None,
+        label_mapping: Mapping[str, int] | None = None,
+        pad: int = 8,
+        flip: bool = False,
+        strict_grid: bool = True,
+        max_volume_bytes: int = MAX_VOLUME_BYTES,
+    ) -> None:
+        if not modalities:
+            raise ValueError("neuro data needs modalities: the manifest's path columns, "
+                             "e.g. --modalities t1,falff")
+        super().__init__(modalities, num_folds=num_folds, fold=fold, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers)
+        self.manifest = Path(manifest)
+        self.val_fraction = val_fraction
+        self.preprocessing = preprocessing or Preprocessing()
+        self.cache_dir = cache_dir
+        self.on_bad_row = on_bad_row
+        self.report_path = report_path
+        self.label_mapping = dict(label_mapping) if label_mapping else None
+        self.pad, self.flip = pad, flip
+        self.strict_grid = strict_grid
+        self.max_volume_bytes = max_volume_bytes
+        self.cohort: Cohort | None = None
+        self.subject_sets: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray] = {}
+
+    # -- set-up -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.cohort is not None:
+            return
+        cohort = load_cohort(
+            self.manifest, self.modalities, settings=self.preprocessing,
+            cache_dir=self.cache_dir, on_bad_row=self.on_bad_row,  # type: ignore[arg-type]
+            report_path=self.report_path, label_mapping=self.label_mapping,
+            strict_grid=self.strict_grid, max_volume_bytes=self.max_volume_bytes,
+        )
+        self.cohort = cohort
+        subjects = np.asarray(cohort.subjects).astype(str)
+        self.subject_sets = subject_splits(
+            subjects, cohort.labels, num_folds=self.num_folds, fold=self.fold, seed=self.seed,
+            val_fraction=self.val_fraction,
+        )
+        in_set = {name: np.isin(subjects, ids) for name, ids in self.subject_sets.items()}
+        self._rows["pretrain"] = np.flatnonzero(in_set["train"] | in_set["unlabelled"])
+        for split in EVAL_SPLITS:
+            self._rows[split] = self._first_labelled_rows(np.flatnonzero(in_set[split]))
+
+    def _first_labelled_rows(self, rows: np.ndarray) -> np.ndarray:
+        assert self.cohort is not None
+        chosen: dict[str, int] = {}
+        sessions = np.asarray(self.cohort.sessions).astype(str)
+        subjects = np.asarray(self.cohort.subjects).astype(str)
+        for row in sorted(rows, key=lambda r: (subjects[r], sessions[r])):
+            if self.cohort.labels[row] >= 0 and subjects[row] not in chosen:
+                chosen[subjects[row]] = int(row)
+        return np.array(sorted(chosen.values()), dtype=np.int64)
+
+    # -- properties used by training and evaluation -------------------------------------------
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Channel-first input shape per modality: (1, *grid shape)."""
+        return {m: (1, *self.preprocessing.shape) for m in self.modalities}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes among the labelled rows."""
+        self.require_setup()
+        assert self.cohort is not None
+        labelled = self.cohort.labels[self.cohort.labels >= 0]
+        return int(labelled.max()) + 1
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Cohort rows of ``pretrain``, ``train``, ``val`` or ``test``."""
+        self.require_setup()
+        if split not in self._rows:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(self._rows)}")
+        return self._rows[split]
+
+    def splits_table(self) -> pd.DataFrame:
+        """One line per cohort row: subject, session, label, its subject set, its uses."""
+        self.require_setup()
+        assert self.cohort is not None
+        subjects = np.asarray(self.cohort.subjects).astype(str)
+        table = pd.DataFrame({
+            "line": [row.line for row in self.cohort.manifest.rows],
+            "subject": subjects,
+            "session": np.asarray(self.cohort.sessions).astype(str),
+            "label": self.cohort.labels,
+        })
+        subject_set = {s: name for name, ids in self.subject_sets.items() for s in ids}
+        table["subject_set"] = [subject_set[s] for s in subjects]
+        table["pretrain"] = np.isin(np.arange(len(table)), self._rows["pretrain"])
+        table["probe_split"] = ""
+        for split in EVAL_SPLITS:
+            table.loc[self._rows[split], "probe_split"] = split
+        return table
+
+    def is_setup(self) -> bool:
+        return self.cohort is not None
+
+    # -- datasets -----------------------------------------------------------------------------
+    def _dataset(self, split: str, *, with_index: bool = False) -> CohortDataset:
+        assert self.cohort is not None
+        return CohortDataset(self.cohort.volumes, self.split_rows(split), self.cohort.labels,
+                             with_index=with_index)
+
+    def train_dataset(self) -> Dataset[dict[str, Tensor]]:
+        """Every session of the training and unlabelled subjects, with their row index."""
+        return self._dataset("pretrain", with_index=True)
+
+    def eval_dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
+        """One unaugmented session per labelled subject of ``split``."""
+        return self._dataset(split)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, dict) or "index" not in batch:
+            return batch
+        index = batch.pop("index")
+        if self.pad or self.flip:
+            epoch = self.current_epoch()
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.seed, "neuro-augment", epoch, int(index[0])))
+            views = shared_crop_flip({m: batch[m] for m in self.modalities}, generator,
+                                     pad=self.pad, flip=self.flip)
+            batch.update(views)
+        return batch
+
+
+def _build(data: DataSettings, settings: NeuroSettings, seed: int,
+           skipped_rows: Path | None) -> NeuroDataModule:
+    if not settings.manifest:
+        raise DataError("the neuro dataset needs a manifest CSV (--manifest FILE); `mmssl "
+                        "simulate --out DIR` writes a synthetic one")
+    return NeuroDataModule(
+        Path(settings.manifest), tuple(data.modalities or ()), num_folds=data.num_folds,
+        fold=data.fold, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
+        seed=seed, num_workers=data.num_workers, val_fraction=settings.val_fraction,
+        preprocessing=settings.preprocessing,
+        cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
+        on_bad_row=settings.on_bad_row, report_path=skipped_rows,
+        label_mapping=settings.label_mapping, pad=settings.augmentation.pad,
+        flip=settings.augmentation.flip, strict_grid=settings.strict_grid,
+        max_volume_bytes=settings.max_volume_bytes,
+    )
+
+
+def _input_shapes(settings: NeuroSettings, modalities: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    return {m: (1, *settings.preprocessing.shape) for m in modalities}
+
+
+def cache_folder(settings: NeuroSettings) -> Path:
+    """Where the preprocessing cache of ``settings`` lives."""
+    if settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    assert settings.manifest is not None
+    return Path(settings.manifest).expanduser().parent / CACHE_DIR_NAME
+
+
+def _preflight(data: DataSettings, settings: NeuroSettings) -> None:
+    if not settings.manifest:
+        raise DataError("the neuro dataset needs a manifest CSV (--manifest FILE); `mmssl "
+                        "simulate --out DIR` writes a synthetic one")
+    if not data.modalities:
+        raise DataError("name the manifest's path columns to use, e.g. --modalities t1,falff")
+    manifest = Path(settings.manifest)
+    if not manifest.is_file():
+        raise DataError(f"--manifest {manifest}: no such file" if not manifest.exists()
+                        else f"--manifest {manifest} is not a file")
+    for modality in data.modalities:
+        io.check_name(modality, "modality")
+    io.ensure_writable_folder(cache_folder(settings), what="preprocessing cache",
+                              hint=CACHE_HINT)
+
+
+NEURO = register_dataset(DatasetSpec(
+    name="neuro",
+    modalities=(),
+    settings=NeuroSettings,
+    build=_build,
+    input_shapes=_input_shapes,
+    summary="paired brain volumes from a manifest CSV (--manifest; `mmssl simulate` writes one)",
+    preflight=_preflight,
+    path_fields=("manifest", "cache_dir"),
+))

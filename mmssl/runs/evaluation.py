@@ -1,0 +1,148 @@
+"""Evaluation of a run directory: frozen features once, linear probes, generation grids.
+
+:func:`evaluate` loads the chosen checkpoint (``trainer.checkpoint``: ``last`` or ``best``),
+extracts the frozen features of the train (fixed views), validation and test splits with the
+encoders in eval mode, saves them to ``features.npz``, and fits the probes
+(:func:`mmssl.evaluation.probe.linear_evaluation`), writing ``probe.json`` and, last,
+``metrics.json``. :func:`read_features` is the one reader of ``features.npz``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmssl import config as cfg
+from mmssl import io
+from mmssl.config import RunConfig
+from mmssl.errors import RunDirError
+from mmssl.evaluation.generate import generate as write_grid
+from mmssl.evaluation.probe import extract_features, linear_evaluation
+from mmssl.methods import MultimodalMethod
+from mmssl.runs.build import build_datamodule, torch_device
+from mmssl.runs.checkpoints import load_method
+from mmssl.runs.rundir import RunDir
+from mmssl.runs.training import attached_log, pretrain, process_rank
+
+__all__ = ["LoadedRun", "evaluate", "generate", "load_run", "read_features", "save_features"]
+
+log = logging.getLogger("mmssl")
+
+
+@dataclass
+class LoadedRun:
+    """A pretrained run: its directory, configuration, model (eval mode) and data module."""
+
+    run: RunDir
+    config: RunConfig
+    model: MultimodalMethod
+    datamodule: Any
+    device: torch.device
+
+
+def load_run(out: Path, *, device: str | None = None, command: str = "pretrain") -> LoadedRun:
+    """Open a pretrained run: its configuration, chosen checkpoint and (set up) data module."""
+    run = RunDir(Path(out))
+    run.require_pretrained(command)
+    config = cfg.load(run.config)
+    torch_dev = torch_device(config.trainer.accelerator, device)
+    model = load_method(run.checkpoint(config.trainer.checkpoint), config.method).to(torch_dev)
+    datamodule = build_datamodule(config)
+    datamodule.setup("fit")
+    return LoadedRun(run, config, model, datamodule, torch_dev)
+
+
+def save_features(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],
+                  labels: Mapping[str, np.ndarray]) -> Path:
+    """``features.npz``: ``<split>/<modality>`` and ``<split>/label`` arrays, atomically."""
+    arrays = {f"{split}/{m}": v for split, per in features.items() for m, v in per.items()}
+    arrays.update({f"{split}/label": v for split, v in labels.items()})
+    return io.save_npz(path, arrays)
+
+
+def read_features(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """What :func:`save_features` wrote: split → modality → features, and split → labels."""
+    if not path.exists():
+        raise RunDirError(f"{path.parent} has not been evaluated (no {path.name}); run "
+                          f"`mmssl evaluate {path.parent}`")
+    features: dict[str, dict[str, np.ndarray]] = {}
+    labels: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            for key in arrays.files:
+                split, name = key.split("/", 1)
+                if name == "label":
+                    labels[split] = arrays[key]
+                else:
+                    features.setdefault(split, {})[name] = arrays[key]
+    except (OSError, ValueError) as error:
+        raise RunDirError(f"{path} cannot be read ({error}); run `mmssl evaluate "
+                          f"{path.parent}` again") from None
+    return features, labels
+
+
+def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
+             ) -> dict[str, Any]:
+    """Frozen-encoder linear evaluation of a pretrained run; writes ``metrics.json``.
+
+    Features of the train (fixed views), validation and test splits are extracted once with
+    the encoders in eval mode, saved to ``features.npz``, and probed per modality and jointly.
+    """
+    loaded = load_run(out, device=device, command=command)
+    run, config, model = loaded.run, loaded.config, loaded.model
+    with attached_log(run):
+        metrics: dict[str, Any] = {}
+        checkpoint = run.checkpoint(config.trainer.checkpoint)
+        probe_info: dict[str, Any] = {"checkpoint": run.relative(checkpoint),
+                                      "checkpoint_choice": config.trainer.checkpoint}
+        for variant, encoders in model.probe_encoders().items():
+            features: dict[str, dict[str, np.ndarray]] = {}
+            labels: dict[str, np.ndarray] = {}
+            for split in ("train", "val", "test"):
+                features[split], labels[split] = extract_features(
+                    encoders, loaded.datamodule.eval_dataloader(split), device=loaded.device
+                )
+            save_features(run.variant_features(variant), features, labels)
+            result = linear_evaluation(features, labels, Cs=config.probe.Cs, seed=config.seed,
+                                       max_iter=config.probe.max_iter,
+                                       class_weight=config.probe.class_weight)
+            probe_info[variant or "default"] = {"chosen_C": result["chosen_C"],
+                                                "val_curve": result["val_curve"]}
+            if variant:
+                io.write_json(run.variant_metrics(variant), result["metrics"])
+            else:
+                metrics = result["metrics"]
+        io.write_json(run.probe, probe_info)
+        io.write_json(run.metrics, metrics)
+        log.info("evaluated %s: %s", run.root, metrics.get("test", {}))
+        return metrics
+
+
+def generate(out: Path, *, n: int = 10, split: str = "test", device: str | None = None) -> Path:
+    """``generations.png``: inputs and (cross-modal) generations of a decoder model."""
+    loaded = load_run(out, device=device)
+    if not loaded.model.traits.has_decoders:
+        raise RunDirError(f"{loaded.run.root} is a {loaded.config.method} run, which has no "
+                          "decoders to generate with (ae, dccae, rr_ae and mmvae do)")
+    batch = next(iter(loaded.datamodule.eval_dataloader(split)))
+    batch = {m: batch[m][:n].to(loaded.device) for m in loaded.config.modalities}
+    return write_grid(loaded.model, batch, loaded.run.generations,
+                      f"{loaded.config.model_name}: {split} examples, inputs and generations")
+
+
+def train_and_evaluate(config: RunConfig | None, out: Path, *, resume: bool = False,
+                       command: str = "run") -> dict[str, Any]:
+    """Pretrain (or resume, or skip a finished pretraining), then evaluate — ``mmssl run``.
+
+    Returns the test/validation metrics ({} in a data-parallel worker process).
+    """
+    pretrain(config, out, resume=resume, command=command)
+    if process_rank() > 0:
+        return {}
+    return evaluate(out, command=command)

@@ -1,0 +1,114 @@
+"""The command line the way users type it: from their own working directory, relative paths
+only — run, evaluate, resume, sweep, claims, report — and run directories that still work after
+being moved."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--preset", "quick", "--set", "model.width=8", "--set", "model.latent_dim=16",
+        "--set", "model.head_dim=16", "--set", "probe.Cs=[1.0]", "--set",
+        "trainer.progress_bar=false", "--batch-size", "16", "--epochs", "1"]
+
+
+def mmssl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``mmssl`` script, run in ``cwd`` like a user would."""
+    script = Path(sys.executable).parent / "mmssl"
+    return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                            "HOME": str(cwd)})
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Traceback" not in output
+    return output
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_mnist_dir: Path) -> Path:
+    """A user's project folder: data and a config file inside, referred to relatively."""
+    shutil.copytree(tiny_mnist_dir, tmp_path / "data" / "mnist")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "small.yaml").write_text(
+        "data:\n  data_dir: ../data/mnist\nobjective:\n  name: XX-RR\n")
+    return tmp_path
+
+
+def test_run_evaluate_resume_report_with_relative_paths(project: Path) -> None:
+    ok(mmssl(project, "run", *TINY, "--config", "configs/small.yaml", "--out", "runs/a"))
+    run = project / "runs" / "a"
+    record = json.loads((run / "pretrain.json").read_text())
+    assert record["last_checkpoint"] == "checkpoints/last.ckpt"
+    assert record["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert "data_dir: " + str(project / "data" / "mnist") in (run / "config.yaml").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+
+    # From another working directory, by a relative path to the same run.
+    elsewhere = project / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    ok(mmssl(elsewhere, "evaluate", "../../runs/a"))
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    ok(mmssl(elsewhere, "run", "--resume", "--out", "../../runs/a"))  # finished: evaluates
+    ok(mmssl(project, "links", "runs/a", "--permutations", "10"))
+    links = json.loads((run / "links.json").read_text())
+    assert links["figures"] == ["links/component0_scatter.png"]
+    ok(mmssl(project, "report", "runs/a"))
+    assert (run / "report.html").stat().st_size > 10_000
+
+    # Moved (or copied) elsewhere, the run directory is still evaluated, resumed and reported.
+    moved = project / "archive" / "a-moved"
+    moved.parent.mkdir()
+    shutil.move(str(run), str(moved))
+    ok(mmssl(project, "evaluate", "archive/a-moved"))
+    assert json.loads((moved / "metrics.json").read_text()) == metrics
+    ok(mmssl(project, "report", "archive/a-moved"))
+    html = (moved / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3
+
+
+def test_resume_of_a_moved_interrupted_run(project: Path) -> None:
+    ok(mmssl(project, "pretrain", *TINY, "--set", "optim.scheduler=none", "--data-dir",
+             "data/mnist", "--objective", "CR",
+             "--out", "runs/b"))
+    run = project / "runs" / "b"
+    # Make it an unfinished two-epoch run: drop the marker, ask for more epochs in its config.
+    (run / "pretrain.json").unlink()
+    config = (run / "config.yaml").read_text().replace("epochs: 1", "epochs: 2")
+    (run / "config.yaml").write_text(config)
+    copy = project / "copy-of-b"
+    shutil.copytree(run, copy)
+    ok(mmssl(project, "run", "--resume", "--out", "copy-of-b"))
+    assert json.loads((copy / "pretrain.json").read_text())["epochs"] == 2
+    assert not (run / "pretrain.json").exists()  # the original was not touched
+    assert (run / "checkpoints" / "best.ckpt").exists()
+
+
+def test_sweep_claims_report_with_relative_paths(project: Path) -> None:
+    out = ok(mmssl(project, "sweep", *TINY, "--data-dir", "data/mnist", "--objectives",
+                   "CR,RR", "--out", "runs/sweep"))
+    assert "runs/sweep/results.md" in out
+    sweep = project / "runs" / "sweep"
+    plan = json.loads((sweep / "sweep.json").read_text())
+    assert {e["run"] for e in plan["entries"]} == {"CR/fold0-seed343", "RR/fold0-seed343"}
+    ok(mmssl(project, "claims", "runs/sweep", "--permutations", "10"))
+    ok(mmssl(project, "report", "runs/sweep"))
+    assert (sweep / "report.html").exists() and (sweep / "claims.md").exists()
+    # The sweep is read from its files, not its folder names: renaming a model's folder and
+    # updating the plan changes nothing in the table.
+    (sweep / "results.md").unlink()
+    ok(mmssl(project, "sweep", *TINY, "--data-dir", "data/mnist", "--objectives", "CR,RR",
+             "--out", "runs/sweep"))
+    assert "| RR |" in (sweep / "results.md").read_text()
+
+
+def test_default_out_is_relative_to_the_working_directory(project: Path) -> None:
+    ok(mmssl(project, "run", *TINY, "--data-dir", "data/mnist", "--objective", "RR"))
+    assert (project / "runs" / "RR-seed343-fold0" / "metrics.json").exists()
