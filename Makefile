@@ -7,7 +7,7 @@ OUT ?= runs/quick-sweep
 # Extra flags for the main job (CI passes a one-epoch smoke setting through it).
 RUN_ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-slow lint bench clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/mmssl sweep --preset quick --objectives CR,XX,RR,CR-XX-CC-RR --out $(OUT) $(RUN_ARGS)
 
+# The suite without the tests marked slow (minutes); test-slow runs those (CI runs both).
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -n 2 -q -m slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check mmssl tests benchmarks examples

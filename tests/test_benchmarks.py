@@ -297,6 +297,7 @@ def test_scaling_model_gathers_negatives_only_when_asked():
     assert scaling.build("XX-RR").gathering_estimator().gather is False
 
 
+@pytest.mark.slow  # starts data-parallel processes (≈ 1 minute)
 def test_scaling_benchmark_quick_reports_batch_and_process_scaling(tmp_path):
     # The data-parallel workers are spawned and import benchmarks.scaling by name.
     result = scaling.main(["--quick", "--skip-sweep", "--objective", "XX-RR",

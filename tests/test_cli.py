@@ -197,6 +197,7 @@ def test_sweep_resumes_an_interrupted_run(tiny_mnist_dir, tmp_path):
     assert cfg.load(run_dir.config).objective.name == "RR"
 
 
+@pytest.mark.slow  # a 2 × 2 sweep killed and rerun (≈ 2 minutes on 2 cores)
 def test_a_killed_sweep_resumes_and_aggregates(tiny_mnist_dir, tmp_path):
     """2 objectives × 2 seeds: SIGKILL the sweep mid-run, run it again, check the table."""
     import os

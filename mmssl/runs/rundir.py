@@ -37,13 +37,30 @@ __all__ = ["RunDir", "SweepDir"]
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """The files of one run; ``root`` as the user typed it (relative or absolute)."""
+class _Folder:
+    """A folder of mmssl results, ``root`` as the user typed it (relative or absolute)."""
 
     root: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_figures(self) -> Path:
+        return self.root / "report_figures"
+
+
+@dataclass(frozen=True)
+class RunDir(_Folder):
+    """The files of one run."""
 
     # -- files -------------------------------------------------------------------------------
     @property
@@ -120,18 +137,6 @@ class RunDir:
     @property
     def links_summary(self) -> Path:
         return self.root / "links.json"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_figures(self) -> Path:
-        return self.root / "report_figures"
 
     # -- state -------------------------------------------------------------------------------
     def is_run(self) -> bool:
@@ -217,13 +222,8 @@ class RunDir:
 
 
 @dataclass(frozen=True)
-class SweepDir:
+class SweepDir(_Folder):
     """The files of a sweep: one run directory per model × fold × seed."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).expanduser())
 
     def run(self, model: str, fold: int, seed: int) -> RunDir:
         """The run directory of one entry: ``<model>/fold<fold>-seed<seed>``."""
@@ -280,18 +280,6 @@ class SweepDir:
     @property
     def claims_markdown(self) -> Path:
         return self.root / "claims.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_figures(self) -> Path:
-        return self.root / "report_figures"
 
     @property
     def launcher_logs(self) -> Path:
