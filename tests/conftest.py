@@ -201,5 +201,8 @@ def simulated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmssl.data.neuro.simulate import SimulationSettings, simulate_cohort
 
     out = tmp_path_factory.mktemp("simulated")
-    settings = SimulationSettings(subjects=48, seed=7, voxel_size=6.0, sessions=1)
+    # Stronger effects than the calibrated defaults (made for 200 subjects at 3 mm), so that a
+    # three-epoch run on 48 subjects at 6 mm separates the groups and finds the coupling.
+    settings = SimulationSettings(subjects=48, seed=7, voxel_size=6.0, sessions=1,
+                                  t1_effect=0.4, falff_effect=0.25, coupling=0.3)
     return simulate_cohort(out, settings, progress=False)

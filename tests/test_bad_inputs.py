@@ -138,7 +138,10 @@ def cases() -> list[tuple[str, list[str], str]]:
          "patient_fraction"),
         ("manifest-not-bids", ["manifest", "notes"], "dataset_description.json"),
         ("falff-not-4d", ["falff", "flat.nii.gz", "--out", "f.nii.gz"], "4-D"),
-        ("latent-dims", ["saliency", "notes", "--latent-dims", "x"], "invalid literal"),
+        ("saliency-units", ["saliency", "notes", "--units", "x"], "--units 'x'"),
+        ("saliency-method", ["saliency", "notes", "--methods", "occlusion"], "occlusion"),
+        ("regions-method", ["regions", "notes", "--method", "lime"], "--method 'lime'"),
+        ("regions-alpha", ["regions", "notes", "--alpha", "2"], "--alpha must be in (0, 1)"),
     ]
 
 

@@ -19,7 +19,9 @@ def test_run_end_to_end(tiny_mnist_dir, tmp_path, capsys):
                  str(tiny_mnist_dir), "--out", str(out), *TINY])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"val", "test"}
+    assert set(metrics) == {"val", "test", "checkpoint"}
+    assert metrics["checkpoint"] == {"choice": "last", "file": "checkpoints/last.ckpt",
+                                     "epoch": 1}
     assert set(metrics["test"]) == {"rotated", "noisy", "joint"}
     for name in ("config.yaml", "metrics.csv", "pretrain.json", "probe.json", "log.txt",
                  "checkpoints/last.ckpt"):

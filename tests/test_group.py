@@ -16,13 +16,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mmssl.evaluation.group import (
-    cluster_table,
-    design_matrix,
-    region_summary,
-    to_volume,
-    voxelwise_group_test,
-)
+from mmssl.evaluation.clusters import cluster_table, region_summary
+from mmssl.evaluation.group import design_matrix, to_volume, voxelwise_group_test
 
 # ------------------------------------------------------------------------------------------
 # Independent oracles

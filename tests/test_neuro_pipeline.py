@@ -96,8 +96,9 @@ def test_probe_is_clearly_above_chance(neuro_run):
     assert metrics["test"]["joint"]["roc_auc"] >= 0.75, metrics["test"]
 
 
-def test_saliency_maps_are_nifti_in_the_input_space(neuro_run):
-    assert main(["saliency", str(neuro_run), "--samples", "2", "--latent-dims", "0"]) == 0
+def test_saliency_maps_three_ways_are_nifti_in_the_input_space(neuro_run):
+    assert main(["saliency", str(neuro_run), "--samples", "2", "--ig-steps", "4",
+                 "--units", "4", "--split", "test"]) == 0
     report = json.loads((neuro_run / "saliency.json").read_text())
     config = cfg.load(RunDir(neuro_run).config)
     datamodule = make_datamodule(config)
@@ -105,28 +106,52 @@ def test_saliency_maps_are_nifti_in_the_input_space(neuro_run):
     grid = datamodule.cohort.grid
     for modality in ("t1", "falff"):
         entry = report["modalities"][modality]
-        assert {"probe_patients", "probe_controls", "probe_difference", "latent_0"} <= set(
-            entry["maps"])
-        image = nib.load(neuro_run / entry["maps"]["probe_all"])
-        assert image.shape == tuple(grid.shape)
-        assert np.allclose(image.affine, grid.affine)
-        assert np.isfinite(np.asarray(image.dataobj)).all()
-        assert 0.0 <= entry["localisation_auc"]["probe"] <= 1.0  # simulated ground truth found
+        for method in ("latent", "smoothgrad", "ig"):
+            assert {f"{method}_{g}" for g in ("patients", "controls", "difference", "all")} <= set(
+                entry["maps"])
+            image = nib.load(neuro_run / entry["maps"][f"{method}_all"])
+            assert image.shape == tuple(grid.shape)
+            assert np.allclose(image.affine, grid.affine)
+            assert np.isfinite(np.asarray(image.dataobj)).all()
+            assert 0.0 <= entry["localisation_auc"][f"{method}_difference"] <= 1.0
+        maps = neuro_run / "saliency" / "maps" / "test"
+        per_subject = np.load(maps / f"{modality}-latent-u4-p95.npy")
+        assert per_subject.shape == (report["subjects"], *grid.shape)
+        assert per_subject.min() >= 0 and per_subject.max() <= 1  # thresholded, scaled units
     for figure in report["figures"]:
         assert not Path(figure).is_absolute()  # recorded relative to the run directory
         with open(neuro_run / figure, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_regions_tests_groups_and_names_clusters(neuro_run):
+    assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4",
+                 "--permutations", "50", "--split", "all"]) == 0
+    report = json.loads((neuro_run / "regions.json").read_text())
+    assert report["covariates"] == ["age", "sex", "site"]
+    assert report["subjects"] == report["patients"] + (report["subjects"] - report["patients"])
+    clusters = pd.read_csv(neuro_run / "regions.csv")
+    assert list(clusters.columns[:3]) == ["modality", "cluster", "n_voxels"]
+    summary = pd.read_csv(neuro_run / "regions" / "regions_summary.csv")
+    assert {"t1", "falff"} == set(summary["modality"])
+    for entry in report["modalities"].values():
+        t_map = nib.load(neuro_run / entry["maps"]["t"])
+        assert np.isfinite(np.asarray(t_map.dataobj)).all()
+        assert entry["planted_regions"]  # the simulated cohort names its planted regions
+        assert 0.0 <= entry["localisation_auc"]["t"] <= 1.0
+
+
 def test_links_report_test_correlations_against_a_permutation_null(neuro_run):
-    assert main(["links", str(neuro_run), "--permutations", "20", "--samples", "2",
-                 "--components", "2"]) == 0
+    assert main(["links", str(neuro_run), "--permutations", "20", "--components", "2"]) == 0
     report = json.loads((neuro_run / "links.json").read_text())
-    assert len(report["test_correlations"]) == 2
+    assert report["confounds"] == ["label", "age", "sex", "site"]
+    assert len(report["test_correlations"]) == 2 and len(report["p_holm"]) == 2
     assert np.asarray(report["null_correlations"]).shape == (20, 2)
-    assert set(report["severity_correlation"]) == {"t1", "falff"}
-    assert set(report["coupling_correlation"]) == {"t1", "falff"}
+    table = pd.read_csv(neuro_run / "links" / "links.csv")
+    assert {"test_r", "p_holm", "t1_regions", "falff_regions", "t1_r_severity",
+            "falff_r_coupling", "t1_coupling_auc"} <= set(table.columns)
     assert nib.load(neuro_run / report["maps"]["component0_t1"]).shape == (32, 32, 32)
+    assert (neuro_run / "links" / "pair1.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_neuro_needs_a_manifest_and_modalities(capsys, tmp_path, monkeypatch):
@@ -136,3 +161,14 @@ def test_neuro_needs_a_manifest_and_modalities(capsys, tmp_path, monkeypatch):
     assert main(["run", "--dataset", "neuro", "--modalities", "t1,falff"]) == 2
     assert "needs a manifest CSV (--manifest FILE)" in " ".join(capsys.readouterr().out.split())
     assert main(["saliency", str(tmp_path)]) == 2
+
+
+def test_constant_learning_rate_runs_evaluate_the_best_checkpoint(neuro_run):
+    """The neuro presets keep the learning rate constant and evaluate the checkpoint of the
+    lowest validation loss (the authors' choice), and metrics.json says which one."""
+    metrics = json.loads((neuro_run / "metrics.json").read_text())
+    record = json.loads((neuro_run / "pretrain.json").read_text())
+    assert metrics["checkpoint"]["choice"] == "best"
+    assert metrics["checkpoint"]["file"] == "checkpoints/best.ckpt"
+    assert metrics["checkpoint"]["epoch"] == record["best_epoch"]
+    assert 1 <= record["best_epoch"] <= record["epochs"]

@@ -110,8 +110,9 @@ def test_same_seed_same_run_and_metrics_schema(tiny_mnist_dir, tmp_path):
     metrics_again = evaluate(tmp_path / "a")
     assert metrics_a == metrics_again  # fixed evaluation views, deterministic probe
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert set(saved) == {"val", "test"}
-    for split in saved.values():
+    assert set(saved) == {"val", "test", "checkpoint"}
+    assert saved["checkpoint"]["choice"] == "last"
+    for split in (saved["val"], saved["test"]):
         assert set(split) == {"rotated", "noisy", "joint"}
         for values in split.values():
             assert 0.0 <= values["accuracy"] <= 1.0

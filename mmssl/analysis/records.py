@@ -117,8 +117,8 @@ def scores_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     for record in records:
         digest = config_hash(record.config)
         for split, per_modality in record.metrics.items():
-            if not isinstance(per_modality, dict):
-                continue
+            if split not in ("val", "test"):
+                continue  # e.g. the "checkpoint" record
             for modality, values in per_modality.items():
                 for metric, value in values.items():
                     rows.append((record.model, record.config.method, record.fold, record.seed,

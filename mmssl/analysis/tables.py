@@ -73,12 +73,10 @@ class Table:
 
 def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], title: str) -> Table:
     """split × representation rows of every metric of a run's ``metrics.json``."""
-    names = sorted({k for per in metrics.values() if isinstance(per, Mapping)
-                    for m in per.values() for k in m})
+    splits = {split: per for split, per in metrics.items() if split in ("val", "test")}
+    names = sorted({k for per in splits.values() for m in per.values() for k in m})
     rows = []
-    for split, per in metrics.items():
-        if not isinstance(per, Mapping):
-            continue
+    for split, per in splits.items():
         for modality, values in per.items():
             rows.append([split, modality, *[f"{values[n]:.4f}" if n in values else "–"
                                             for n in names]])

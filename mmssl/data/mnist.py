@@ -165,7 +165,7 @@ class MnistArrays:
     source: str
 
 
-def _candidates(name: str) -> list[str]:
+def candidate_names(name: str) -> list[str]:
     """File names accepted for one canonical MNIST name, in order of preference."""
     stem, idx_part, ubyte = name.rsplit("-", 2)
     dotted = f"{stem}.{idx_part}-{ubyte}"
@@ -199,7 +199,7 @@ def find_mnist_files(data_dir: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     missing: list[str] = []
     for role, name in MNIST_FILES.items():
-        hit = next((data_dir / c for c in _candidates(name) if (data_dir / c).is_file()), None)
+        hit = next((data_dir / c for c in candidate_names(name) if (data_dir / c).is_file()), None)
         if hit is None:
             missing.append(name)
         else:

@@ -402,3 +402,33 @@ def reduced_cca_links(
     result = cca_links(reduced_train, reduced_test, n_components=n_components,
                        n_permutations=n_permutations, seed=seed)
     return result, reducers, reduced_test
+
+
+def residualise(
+    train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+    confounds_train: np.ndarray, confounds_test: np.ndarray,
+) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
+    r"""Remove what linear confounds explain from every modality, fitted on training rows only.
+
+    For each modality :math:`X` and confounds :math:`C` (an intercept is added),
+    :math:`\hat B = \arg\min_B \lVert X_{tr} - [1, C_{tr}] B\rVert^2` (least squares on the
+    training rows) and both splits become :math:`X - [1, C] \hat B`. A link found afterwards
+    is one *beyond* the confounds (e.g. diagnosis, age, site).
+
+    Raises:
+        ValueError: confound rows that do not match the features.
+    """
+    c_train = np.column_stack([np.ones(len(confounds_train)), np.asarray(confounds_train, float)])
+    c_test = np.column_stack([np.ones(len(confounds_test)), np.asarray(confounds_test, float)])
+    out_train: dict[str, FloatArray] = {}
+    out_test: dict[str, FloatArray] = {}
+    for modality, x in train.items():
+        x_train = np.asarray(x, dtype=np.float64)
+        x_test = np.asarray(test[modality], dtype=np.float64)
+        if len(x_train) != len(c_train) or len(x_test) != len(c_test):
+            raise ValueError(f"{modality}: confounds have {len(c_train)}/{len(c_test)} rows, "
+                             f"features {len(x_train)}/{len(x_test)}")
+        coef, *_ = np.linalg.lstsq(c_train, x_train, rcond=None)
+        out_train[modality] = x_train - c_train @ coef
+        out_test[modality] = x_test - c_test @ coef
+    return out_train, out_test

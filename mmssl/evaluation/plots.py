@@ -11,7 +11,7 @@ import numpy as np
 
 from mmssl.io import save_figure, write_bytes
 
-__all__ = ["canonical_scatter", "plot_map"]
+__all__ = ["canonical_scatter", "paired_maps", "plot_map"]
 
 
 def plot_map(
@@ -107,3 +107,24 @@ def canonical_scatter(variates: dict[str, np.ndarray], labels: np.ndarray, pair:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def paired_maps(maps: dict[str, Path], path: Path, *, title: str, dpi: int = 100) -> Path:
+    """Two (or more) brain maps side by side as glass brains (one row), atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from nilearn import plotting
+
+    figure = Figure(figsize=(6.5 * len(maps), 3.0))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(maps), squeeze=False)[0]
+    for ax, (name, nifti) in zip(axes, maps.items(), strict=True):
+        plotting.plot_glass_brain(str(nifti), axes=ax, figure=figure, title=name,
+                                  colorbar=True, plot_abs=True)
+    figure.suptitle(title)
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi)
+        return write_bytes(Path(path), buffer.getvalue())
+    finally:
+        figure.clear()

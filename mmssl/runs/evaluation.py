@@ -119,8 +119,14 @@ def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
             else:
                 metrics = result["metrics"]
         io.write_json(run.probe, probe_info)
+        record = run.read_pretrain_record()
+        metrics["checkpoint"] = {
+            "choice": config.trainer.checkpoint, "file": run.relative(checkpoint),
+            "epoch": record.get("best_epoch") if config.trainer.checkpoint == "best"
+            else record.get("epochs")}
         io.write_json(run.metrics, metrics)
-        log.info("evaluated %s: %s", run.root, metrics.get("test", {}))
+        log.info("evaluated %s (%s checkpoint): %s", run.root, config.trainer.checkpoint,
+                 metrics.get("test", {}))
         return metrics
 
 

@@ -284,6 +284,8 @@ def pretrain(
             "last_checkpoint": run.relative(run.last_checkpoint),
             "best_checkpoint": (run.relative(run.best_checkpoint)
                                 if run.best_checkpoint.is_file() else None),
+            "best_epoch": (fit_progress(run.best_checkpoint)[0]
+                           if run.best_checkpoint.is_file() else None),
             "seconds": round(time.perf_counter() - started, 2),
             "device": str(trainer.strategy.root_device),
             "processes": trainer.world_size,

@@ -1,0 +1,232 @@
+"""What the brain analyses of a run share: the run opened on its brain grid, its subjects, the
+planted ground truth of a simulated cohort, and per-subject attribution maps (cached).
+
+Three kinds of per-subject map, each a volume on the run's grid (the input's MNI space):
+
+* ``latent`` — label-free: the thresholded gradients of the representation's most variable
+  latent units (:func:`~mmssl.evaluation.saliency.latent_unit_maps`; the authors' route);
+* ``smoothgrad`` — SmoothGrad of the linear probe's decision (absolute, averaged);
+* ``ig`` — Integrated Gradients of the probe's decision from the training subjects' mean
+  volume (signed; patients' attributions sit where they differ from the typical brain).
+
+Maps of a split are computed once and kept in ``saliency/maps/<split>/<modality>-<method>.npy``
+(float16) with their subjects in ``saliency/maps/<split>/subjects.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from nilearn.image import resample_img
+
+from mmssl import config as cfg
+from mmssl import io
+from mmssl.data.neuro.simulate import MODALITIES as SIMULATED_MODALITIES
+from mmssl.data.neuro.simulate import GroundTruth, load_ground_truth
+from mmssl.errors import RunDirError
+from mmssl.evaluation.probe import fit_probe
+from mmssl.evaluation.saliency import (
+    ProbeLogit,
+    integrated_gradients,
+    latent_unit_maps,
+    select_units,
+    smoothgrad,
+)
+from mmssl.runs.evaluation import LoadedRun, load_run, read_features
+from mmssl.runs.rundir import RunDir
+
+__all__ = ["METHODS", "SPLITS", "BrainRun", "MapSettings", "open_brain_run"]
+
+log = logging.getLogger("mmssl")
+
+#: The kinds of per-subject map.
+METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig")
+#: The subject sets maps are made for (``all``: every labelled evaluation subject).
+SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """How the per-subject maps are made."""
+
+    units: int | None = 16
+    percentile: float = 95.0
+    samples: int = 16
+    noise: float = 0.1
+    ig_steps: int = 32
+    batch_size: int = 4
+
+    def key(self, method: str) -> str:
+        """What a cached map of ``method`` depends on."""
+        if method == "latent":
+            return f"latent-u{self.units}-p{self.percentile:g}"
+        if method == "smoothgrad":
+            return f"smoothgrad-s{self.samples}-n{self.noise:g}"
+        return f"ig-t{self.ig_steps}"
+
+
+@dataclass
+class BrainRun:
+    """An evaluated neuroimaging run opened for brain-space analyses."""
+
+    loaded: LoadedRun
+    features: dict[str, dict[str, np.ndarray]]
+    labels: dict[str, np.ndarray]
+    probe_info: dict[str, Any]
+    truth: GroundTruth | None
+    _probes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> RunDir:
+        return self.loaded.run
+
+    @property
+    def grid(self) -> Any:
+        return self.loaded.datamodule.cohort.grid
+
+    @property
+    def brain(self) -> np.ndarray:
+        mask = self.loaded.datamodule.cohort.mask
+        return np.ones(self.grid.shape, dtype=bool) if mask is None else np.asarray(mask)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.loaded.config.modalities)
+
+    # -- subjects ----------------------------------------------------------------------------
+    def rows(self, split: str) -> np.ndarray:
+        """Cohort rows of a split's evaluation subjects (``all``: train, val and test)."""
+        if split not in SPLITS:
+            raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        module = self.loaded.datamodule
+        if split == "all":
+            return np.concatenate([module.split_rows(s) for s in ("train", "val", "test")])
+        return np.asarray(module.split_rows(split))
+
+    def subjects(self, split: str) -> pd.DataFrame:
+        """One row per subject of the split: subject, session, label, split and covariates."""
+        cohort = self.loaded.datamodule.cohort
+        rows = self.rows(split)
+        names = {"train": "train", "val": "val", "test": "test"}
+        which = np.concatenate([np.full(len(self.loaded.datamodule.split_rows(s)), names[s])
+                                for s in ("train", "val", "test")]) if split == "all" else \
+            np.full(len(rows), split)
+        table = pd.DataFrame({"subject": np.asarray(cohort.subjects)[rows],
+                              "session": np.asarray(cohort.sessions)[rows],
+                              "label": np.asarray(cohort.labels)[rows], "split": which})
+        covariates = cohort.covariates.iloc[rows].reset_index(drop=True)
+        return pd.concat([table, covariates], axis=1)
+
+    def volumes(self, rows: np.ndarray, modality: str) -> torch.Tensor:
+        """The preprocessed volumes of cohort rows, (N, 1, *grid)."""
+        cohort = self.loaded.datamodule.cohort
+        array = np.asarray(cohort.volumes[modality][np.sort(rows)], dtype=np.float32)
+        order = np.argsort(np.argsort(rows))
+        return torch.from_numpy(array[order]).unsqueeze(1)
+
+    def latent_values(self, split: str) -> dict[str, np.ndarray]:
+        """Planted latent values (severity, coupling) of a split's subjects, if simulated."""
+        if self.truth is None:
+            return {}
+        table = self.subjects(split)
+        return {name: self.truth.values(name, table["subject"], table["session"]).astype(float)
+                for name in ("severity", "coupling") if name in self.truth.subjects.columns}
+
+    # -- ground truth ------------------------------------------------------------------------
+    def truth_masks(self, kind: str = "effect") -> dict[str, np.ndarray]:
+        """Where ``kind`` (``effect``: diagnosis; ``coupling``) was planted, per modality, on
+        the run's grid ({} for a real cohort)."""
+        if self.truth is None:
+            return {}
+        masks = {}
+        for modality in self.modalities:
+            if modality in SIMULATED_MODALITIES:
+                image = resample_img(nib.load(self.truth.path(modality, kind)),
+                                     target_affine=self.grid.affine, target_shape=self.grid.shape,
+                                     interpolation="nearest", force_resample=True,
+                                     copy_header=True)
+                masks[modality] = np.asarray(image.dataobj) > 0
+        return masks
+
+    # -- per-subject maps ----------------------------------------------------------------------
+    def probe(self, modality: str) -> Any:
+        """The run's probe of ``modality``, refitted (once) at its chosen regularisation."""
+        if modality not in self._probes:
+            config = self.loaded.config
+            chosen = self.probe_info["default"]["chosen_C"][modality]
+            self._probes[modality] = fit_probe(
+                (self.features["train"][modality], self.labels["train"]),
+                (self.features["val"][modality], self.labels["val"]),
+                Cs=[chosen], max_iter=config.probe.max_iter,
+                class_weight=config.probe.class_weight, seed=config.seed)
+        return self._probes[modality]
+
+    def maps(self, modality: str, method: str, split: str,
+             settings: MapSettings | None = None) -> np.ndarray:
+        """Per-subject maps (N, *grid) of ``method`` for a split's subjects (cached)."""
+        settings = settings or MapSettings()
+        if method not in METHODS:
+            raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+        folder = self.run.saliency / "maps" / split
+        path = folder / f"{modality}-{settings.key(method)}.npy"
+        subjects = self.subjects(split)
+        if path.is_file():
+            cached = np.load(path, allow_pickle=False)
+            if len(cached) == len(subjects):
+                return cached.astype(np.float32)
+        rows = self.rows(split)
+        encoder = self.loaded.model.probe_encoders()[""][modality].to(self.loaded.device)
+        device = self.loaded.device
+        maps = []
+        brain = torch.from_numpy(self.brain)
+        if method == "latent":
+            latents = self.features["train"][modality]
+            units = select_units(latents, settings.units)
+        elif method == "ig":
+            baseline = self.volumes(self.rows("train"), modality).mean(0).to(device)
+        for start in range(0, len(rows), settings.batch_size):
+            x = self.volumes(rows[start:start + settings.batch_size], modality).to(device)
+            if method == "latent":
+                chunk = latent_unit_maps(encoder, x, units=units,
+                                         percentile=settings.percentile, brain=brain.to(device))
+            elif method == "smoothgrad":
+                chunk = smoothgrad(ProbeLogit(encoder, self.probe(modality)), x,
+                                   samples=settings.samples, noise=settings.noise,
+                                   batch_size=settings.batch_size,
+                                   seed=self.loaded.config.seed + start)[:, 0]
+            else:
+                chunk = integrated_gradients(ProbeLogit(encoder, self.probe(modality)), x,
+                                             baseline=baseline, steps=settings.ig_steps,
+                                             batch_size=settings.batch_size)[:, 0]
+            maps.append(chunk.detach().float().cpu().numpy())
+        result = np.concatenate(maps) * self.brain
+        io.save_npy(path, result.astype(np.float16))
+        io.write_text(folder / "subjects.csv", subjects.to_csv(index=False))
+        return result.astype(np.float32)
+
+
+def open_brain_run(out: Path, *, device: str | None = None) -> BrainRun:
+    """Open an evaluated neuroimaging run for brain-space analyses."""
+    run = RunDir(Path(out))
+    run.require_evaluated()
+    config = cfg.load(run.config)
+    if config.data.dataset != "neuro":
+        raise RunDirError(
+            f"{run.root} was trained on {config.data.dataset}; brain-space analyses need "
+            "volumes on a brain grid (data.dataset: neuro)"
+        )
+    loaded = load_run(out, device=device)
+    features, labels = read_features(run.features)
+    truth: GroundTruth | None
+    try:
+        truth = load_ground_truth(Path(config.data.settings.manifest))
+    except FileNotFoundError:
+        truth = None  # a real cohort: nothing planted to compare with
+    return BrainRun(loaded, features, labels, run.read_json(run.probe), truth)
