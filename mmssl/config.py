@@ -357,6 +357,9 @@ def validate(config: RunConfig, source: str = "configuration") -> None:
         fail("data.modalities", f"{unknown} not provided by {data.dataset}; valid: "
                                 f"{', '.join(spec.modalities)}")
     cls = method_class(config.method)
+    problem = cls.check_config(config)
+    if problem:
+        fail(config.method, problem)
     if cls.traits.relates_modalities and len(data.modalities) < 2:
         fail("method", f"{config.method} relates modalities and needs two or more; "
                        f"data.modalities is {data.modalities}")

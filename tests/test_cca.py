@@ -299,3 +299,29 @@ def test_errors():
         dcca_loss(h, h, variant="nuclear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="square"):
         inverse_sqrtm(torch.randn(3, 4))
+
+
+def test_null_correlation_sum_matches_independent_views() -> None:
+    """Two independent 64-d views: the canonical correlations still add up (the figures of the
+    issue that found DCCAE degenerate: 40.9 of 64 at a batch of 128, 19.5 at 512), and the
+    rank B − 1 of a centred batch caps them at 63 for B = 64."""
+    from mmssl.objectives.cca import null_correlation_sum
+
+    assert null_correlation_sum(64, 64) == pytest.approx(63.0, abs=1e-6)
+    assert null_correlation_sum(128, 64) == pytest.approx(40.9, abs=0.5)
+    assert null_correlation_sum(512, 64) == pytest.approx(19.5, abs=0.5)
+    assert null_correlation_sum(256, 10) < 2.0
+
+
+def test_a_batch_that_cannot_estimate_the_cca_is_refused() -> None:
+    from mmssl import config as cfg
+
+    with pytest.raises(cfg.ConfigError, match=r"a batch of 64 cannot estimate a 10-dimensional"
+                                               r" CCA.*at least 100 \(data.batch_size"):
+        cfg.resolve(["two_view_mnist", "dccae"], None, {"data.batch_size": 64})
+    with pytest.raises(cfg.ConfigError, match="64-dimensional CCA"):  # on z: the latent size
+        cfg.resolve(["two_view_mnist", "cr_cca"], None, {"cca.on": "z"})
+    allowed = cfg.resolve(["two_view_mnist", "dccae"], None,
+                          {"data.batch_size": 64, "cca.allow_small_batch": True})
+    assert allowed.cca.allow_small_batch
+    assert cfg.resolve(["two_view_mnist", "dccae"]).data.batch_size == 256  # Wang et al.

@@ -66,7 +66,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_presets_compose_dataset_first_method_second():
     composed = cfg.resolve(["two_view_mnist", "dccae"])
-    assert composed.method == "dccae" and composed.data.batch_size == 128
+    assert composed.method == "dccae" and composed.data.batch_size == 256
     assert composed.cca.variant == "trace" and composed.cca.on == "head"  # `on` is not a bool
     assert composed.optim.scheduler == "onecycle"  # from the dataset preset
     mmvae = cfg.resolve(["mnist_svhn", "mmvae"], None, {"data.data_dir": "x"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from mmssl.methods.base import (
 )
 from mmssl.methods.taxonomy import ObjectiveSettings
 from mmssl.nn import DCGANDecoder, GlobalHead
-from mmssl.objectives.cca import CCASettings, pairwise_dcca
+from mmssl.objectives.cca import CCASettings, check_cca_batch, pairwise_dcca
 from mmssl.objectives.taxonomy import Objective, taxonomy_loss
 from mmssl.settings import require
 
@@ -105,10 +105,15 @@ class _AEWithHeads(AEMethod):
     def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
                  **sections: object) -> None:
         super().__init__(inputs, model, optim, **sections)
+        out = self.head_output(model, sections)
         self.global_heads = nn.ModuleDict({
-            m: GlobalHead(self.encoder(m).latent_dim, model.head_dim, model.head_dim)
+            m: GlobalHead(self.encoder(m).latent_dim, out, model.head_dim)
             for m in self.modalities
         })
+
+    def head_output(self, model: ModelSettings, sections: Mapping[str, object]) -> int:
+        """Output size of the projection heads."""
+        return model.head_dim
 
     def heads(self, zs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {m: cast(Tensor, self.global_heads[m](z)) for m, z in zs.items()}
@@ -135,6 +140,16 @@ class DCCAEMethod(_AEWithHeads):
                  **sections: object) -> None:
         super().__init__(inputs, model, optim, **sections)
         self.cca_settings = cast(CCASettings, sections["cca"])
+
+    def head_output(self, model: ModelSettings, sections: Mapping[str, object]) -> int:
+        """The heads project to the CCA dimension (``cca.dim``)."""
+        return cast(CCASettings, sections["cca"]).dim
+
+    @classmethod
+    def check_config(cls, config: Any) -> str | None:
+        cca = config.section("cca", CCASettings)
+        dim = cca.dim if cca.on == "head" else config.model.latent_dim
+        return check_cca_batch(config.data.batch_size, dim, cca)
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None

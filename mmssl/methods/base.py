@@ -273,6 +273,12 @@ class MultimodalMethod(L.LightningModule):
                                 "optim"), **sections)
 
     @classmethod
+    def check_config(cls, config: RunConfig) -> str | None:
+        """Why this method cannot run with ``config`` (None when it can); checked with the
+        configuration, before anything runs."""
+        return None
+
+    @classmethod
     def model_name(cls, config: RunConfig) -> str:
         """The name a table shows for a run of this method (the taxonomy shows its objective)."""
         return cls.name

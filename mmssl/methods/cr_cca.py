@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmssl.methods.base import (
     MethodInputs,
@@ -17,7 +17,7 @@ from mmssl.methods.base import (
     register_method,
 )
 from mmssl.methods.taxonomy import ObjectiveSettings, TaxonomyMethod
-from mmssl.objectives.cca import CCASettings, pairwise_dcca
+from mmssl.objectives.cca import CCASettings, check_cca_batch, pairwise_dcca
 from mmssl.objectives.taxonomy import taxonomy_loss
 
 
@@ -45,10 +45,20 @@ class CRCCAMethod(TaxonomyMethod):
                             weights={})
         super().__init__(inputs, model, optim, **{**sections, "objective": objective})
         self.cca_settings = cast(CCASettings, sections["cca"])
+        # The CCA is estimated on a linear projection of R to cca.dim (a small CCA relative
+        # to the batch, as Wang et al. ran DCCA), not on the 64-d R itself.
+        self.cca_projections = nn.ModuleDict({
+            m: nn.Linear(model.head_dim, self.cca_settings.dim) for m in self.modalities})
 
     @classmethod
     def model_name(cls, config: object) -> str:
         return cls.name
+
+    @classmethod
+    def check_config(cls, config: Any) -> str | None:
+        cca = config.section("cca", CCASettings)
+        dim = cca.dim if cca.on == "head" else config.model.latent_dim
+        return check_cca_batch(config.data.batch_size, dim, cca)
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
@@ -56,7 +66,9 @@ class CRCCAMethod(TaxonomyMethod):
         local, global_, zs = self.encode_all(batch)
         result = taxonomy_loss(local, global_, self.objective,
                                estimator=self.gathering_estimator(), generator=generator)
-        terms = pairwise_dcca(global_ if self.cca_settings.on == "head" else zs, self.cca_settings)
+        correlated = ({m: self.cca_projections[m](r) for m, r in global_.items()}
+                      if self.cca_settings.on == "head" else zs)
+        terms = pairwise_dcca(correlated, self.cca_settings)
         total = result.total + self.cca_settings.weight * sum(terms.values(),
                                                      start=result.total.new_zeros(()))
         return total, {**result.terms, **terms}

@@ -185,7 +185,7 @@ class BrainRun:
         encoder = self.loaded.model.probe_encoders()[""][modality].to(self.loaded.device)
         device = self.loaded.device
         maps = []
-        brain = torch.from_numpy(self.brain)
+        brain = torch.from_numpy(np.array(self.brain, dtype=bool))
         if method == "latent":
             latents = self.features["train"][modality]
             units = select_units(latents, settings.units)
