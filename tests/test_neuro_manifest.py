@@ -232,7 +232,8 @@ def test_duplicate_subject_session_names_both_lines(cohort: Path) -> None:
 def test_empty_subject_and_path_cells(cohort: Path) -> None:
     def edit(rows: list[dict[str, str]]) -> None:
         rows[0]["subject"] = ""
-        rows[4]["falff"] = ""
+        rows[2]["falff"] = ""  # a missing modality: not a problem
+        rows[4]["falff"] = rows[4]["t1"] = ""  # no volume at all: a problem
         rows[5]["falff"] = rows[5]["t1"]
         rows[7]["age"] = "NA"
 
@@ -241,11 +242,12 @@ def test_empty_subject_and_path_cells(cohort: Path) -> None:
         read_manifest(cohort, MODS)
     a, b, c = info.value.problems
     assert (a.line, a.column, a.message) == (2, "subject", "empty subject")
-    assert (b.line, b.subject, b.column) == (6, "sub-03", "falff") and "empty path" in b.message
+    assert (b.line, b.subject) == (6, "sub-03") and "no volume for any modality" in b.message
     assert (c.line, c.subject, c.column) == (7, "sub-04", "falff")
     assert c.message.startswith("same file as column t1")
     kept = read_manifest(cohort, MODS, on_bad_row="skip")
     assert len(kept.rows) == N_ROWS - 3 and len(kept.problems) == 3
+    assert set(kept.rows[1].paths) == {"t1"}  # line 4, sub-02 ses-1: fALFF missing
     ages = kept.covariate_frame()["age"]
     assert ages.dtype == np.float64 and int(ages.isna().sum()) == 2  # sub-05's "" and "NA"
 

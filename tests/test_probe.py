@@ -262,7 +262,9 @@ def _two_halves(seed: int = 4, n: int = 400) -> tuple[dict, dict]:
 def test_linear_evaluation_joint_probe_uses_both_modalities() -> None:
     features, labels = _two_halves()
     out = linear_evaluation(features, labels)
-    assert set(out) == {"metrics", "chosen_C", "val_curve"}
+    assert set(out) == {"metrics", "chosen_C", "val_curve", "rows"}
+    assert out["rows"] == {probe: {split: len(labels[split]) for split in ("train", "val", "test")}
+                           for probe in ("m1", "m2", "joint")}  # complete rows: all of them
     assert set(out["metrics"]) == {"val", "test"}
     for split in ("val", "test"):
         per = out["metrics"][split]

@@ -13,6 +13,12 @@ The protocol is deliberately strict about the three leaks of the reference imple
   the deterministic L-BFGS, and ties are broken towards stronger regularisation (smaller ``C``).
 
 Features are extracted once per split and reused by every probe (per modality and ``"joint"``).
+
+**Missing modalities.** A batch may carry ``"present": {modality: (B,) bool}`` (sessions that
+lack a modality). :func:`extract_split` then encodes only the present samples of each modality
+(the features of absent ones are zeros) and returns the masks; :func:`linear_evaluation` fits
+and scores each modality's probe on the rows that have it and the joint probe on the complete
+rows only, and reports the number of rows of every probe and split.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ __all__ = [
     "SPLITS",
     "LinearEvaluation",
     "ProbeResult",
+    "SplitFeatures",
     "classification_metrics",
     "extract_features",
+    "extract_split",
     "fit_probe",
     "linear_evaluation",
 ]
@@ -50,6 +58,8 @@ JOINT = "joint"
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 
 _SplitData = tuple[ArrayLike, ArrayLike]
+#: One batch of one modality: (embeddings of its present rows or None, presence or None, B).
+_Chunk = tuple[np.ndarray | None, np.ndarray | None, int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,30 +94,66 @@ def _labels_to_numpy(label: Any, batch_index: int) -> NDArray[np.int64]:
     return t.to(torch.int64).numpy().copy()
 
 
+@dataclass(frozen=True)
+class SplitFeatures:
+    """One split embedded by :func:`extract_split`.
+
+    Attributes:
+        features: modality → (N, D) features; rows whose modality is absent are zeros.
+        labels: (N,) int64 labels.
+        present: modality → (N,) bool, whether each row has that modality (all true when the
+            batches carried no presence masks).
+    """
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    present: dict[str, np.ndarray]
+
+
 def extract_features(
     encoders: Mapping[str, nn.Module],
-    loader: Iterable[Mapping[str, Tensor]],
+    loader: Iterable[Mapping[str, Any]],
     *,
     device: torch.device | str = "cpu",
     label_key: str = "label",
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(features, labels)`` of :func:`extract_split` (the presence masks dropped)."""
+    split = extract_split(encoders, loader, device=device, label_key=label_key)
+    return split.features, split.labels
+
+
+def extract_split(
+    encoders: Mapping[str, nn.Module],
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    device: torch.device | str = "cpu",
+    label_key: str = "label",
+    presence_key: str = "present",
+) -> SplitFeatures:
     """Embed a whole split with frozen encoders, in loader order.
 
     Every encoder is switched to eval mode (BatchNorm uses its running statistics and does not
     update them; dropout is off) and the pass runs under :func:`torch.inference_mode`. Each
     module's previous ``training`` flag is restored afterwards, also when an error is raised.
 
+    A batch with ``presence_key`` (modality → (B,) bool) has each modality encoded on its
+    present samples only; the absent rows' features are zeros and :attr:`SplitFeatures.present`
+    marks them.
+
     Args:
         encoders: modality name → encoder. ``encoder(x)`` must return a (B, D) tensor or an
             object whose ``.z`` attribute is one. Encoders are *not* moved: put them on
             ``device`` beforehand.
-        loader: batches, each a mapping from modality name to input tensor plus ``label_key``.
+        loader: batches, each a mapping from modality name to input tensor plus ``label_key``
+            (and optionally ``presence_key``).
         device: where each batch's modality tensors are moved before encoding.
         label_key: the key of the labels in each batch.
+        presence_key: the key of the presence masks in a batch that has them.
 
     Returns:
-        ``(features, labels)``: modality → (N, D) array (float64 if the encoder computes in
-        float64, float32 otherwise) and the (N,) int64 labels, rows in loader order.
+        :class:`SplitFeatures`: modality → (N, D) array (float64 if the encoder computes in
+        float64, float32 otherwise), the (N,) int64 labels and the (N,) presence masks, rows in
+        loader order.
 
     Raises:
         ValueError: no encoders, an empty loader, a batch missing a modality or the labels, a
@@ -124,7 +170,7 @@ def extract_features(
         for module in encoder.modules():
             flags.setdefault(id(module), (module, module.training))
 
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    chunks: dict[str, list[_Chunk]] = {name: [] for name in encoders}
     label_chunks: list[NDArray[np.int64]] = []
     try:
         for encoder in encoders.values():
@@ -134,23 +180,27 @@ def extract_features(
                 if label_key not in batch:
                     raise ValueError(f"batch {i} has no {label_key!r} entry")
                 y = _labels_to_numpy(batch[label_key], i)
+                masks = batch.get(presence_key) or {}
                 for name, encoder in encoders.items():
                     if name not in batch:
                         raise ValueError(
                             f"batch {i} has no input for modality {name!r} "
                             f"(keys: {sorted(map(str, batch))})"
                         )
+                    rows = _presence(masks.get(name), y.shape[0], i, name)
                     x = batch[name]
+                    if rows is not None and isinstance(x, Tensor):
+                        x = x[torch.from_numpy(np.flatnonzero(rows)).to(x.device)]
                     if isinstance(x, Tensor):
                         x = x.to(dev, non_blocking=True)
-                    z = embedding(encoder(x), name)
-                    if z.shape[0] != y.shape[0]:
+                    z = _embed_rows(encoder, x, name) if rows is None or rows.any() else None
+                    expected = y.shape[0] if rows is None else int(rows.sum())
+                    if z is not None and z.shape[0] != expected:
                         raise ValueError(
                             f"batch {i}: modality {name!r} gave {z.shape[0]} embeddings for "
-                            f"{y.shape[0]} labels"
+                            f"{expected} labels"
                         )
-                    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-                    chunks[name].append(z.detach().to(device="cpu", dtype=dtype).numpy())
+                    chunks[name].append((z, rows, y.shape[0]))
                 label_chunks.append(y)
     finally:
         for module, was_training in flags.values():
@@ -158,8 +208,46 @@ def extract_features(
 
     if not label_chunks:
         raise ValueError("the loader yielded no batches")
-    features = {name: np.concatenate(parts, axis=0) for name, parts in chunks.items()}
-    return features, np.concatenate(label_chunks, axis=0)
+    features = {name: _assemble(parts) for name, parts in chunks.items()}
+    present = {name: np.concatenate([np.ones(batch, dtype=bool) if rows is None else rows
+                                     for _, rows, batch in parts])
+               for name, parts in chunks.items()}
+    return SplitFeatures(features, np.concatenate(label_chunks, axis=0), present)
+
+
+def _presence(mask: Any, batch: int, index: int, name: str) -> np.ndarray | None:
+    """One batch's presence flags of a modality as a (B,) bool array (``None``: no mask)."""
+    if mask is None:
+        return None
+    flags = torch.as_tensor(mask).detach().reshape(-1).cpu().numpy()
+    if flags.dtype != np.bool_ or flags.shape != (batch,):
+        raise ValueError(f"batch {index}: presence of modality {name!r} must be {batch} bool "
+                         f"flags, got {flags.dtype} of shape {flags.shape}")
+    return flags
+
+
+def _embed_rows(encoder: nn.Module, x: Any, name: str) -> np.ndarray:
+    """The (n, D) embedding of ``x`` as a CPU array (float64 kept, float32 otherwise)."""
+    z = embedding(encoder(x), name)
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    return z.detach().to(device="cpu", dtype=dtype).numpy()
+
+
+def _assemble(parts: Sequence[_Chunk]) -> np.ndarray:
+    """One modality's (N, D) features: each batch's present rows placed among zero rows."""
+    shaped = [z for z, _, _ in parts if z is not None]
+    width = shaped[0].shape[1] if shaped else 0
+    dtype = shaped[0].dtype if shaped else np.dtype(np.float32)
+    out: list[np.ndarray] = []
+    for z, rows, batch in parts:
+        if rows is None and z is not None:
+            out.append(z)
+            continue
+        full = np.zeros((batch, width), dtype=dtype)
+        if z is not None:
+            full[rows] = z
+        out.append(full)
+    return np.concatenate(out, axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +488,26 @@ def fit_probe(
 # --------------------------------------------------------------------------------------------
 
 
+def _presence_masks(split: str, present: Mapping[str, Mapping[str, ArrayLike]] | None,
+                    modalities: Sequence[str], n: int) -> dict[str, np.ndarray]:
+    """modality → (n,) bool rows of ``split`` that have it (all when not given)."""
+    given = {} if present is None else present.get(split, {})
+    unknown = [m for m in given if m not in modalities]
+    if unknown:
+        raise ValueError(f"presence of split {split!r} names unknown modalities {unknown}")
+    out: dict[str, np.ndarray] = {}
+    for m in modalities:
+        if m not in given:
+            out[m] = np.ones(n, dtype=bool)
+            continue
+        mask = np.asarray(given[m])
+        if mask.dtype != np.bool_ or mask.shape != (n,):
+            raise ValueError(f"presence of split {split!r}, modality {m!r} must be {n} bool "
+                             f"flags, got {mask.dtype} of shape {mask.shape}")
+        out[m] = mask
+    return out
+
+
 class LinearEvaluation(TypedDict):
     """The result of :func:`linear_evaluation`; ``metrics`` is what goes to ``metrics.json``."""
 
@@ -409,6 +517,8 @@ class LinearEvaluation(TypedDict):
     chosen_C: dict[str, float]
     #: probe → str(C) → validation score (ROC AUC if binary, accuracy otherwise).
     val_curve: dict[str, dict[str, float]]
+    #: probe → split → the number of rows it used (those with its modality; joint: complete).
+    rows: dict[str, dict[str, int]]
 
 
 def _check_labels(split: str, raw: ArrayLike) -> np.ndarray:
@@ -436,8 +546,13 @@ def linear_evaluation(
     seed: int = 0,
     class_weight: str | None = None,
     max_iter: int = 1000,
+    present: Mapping[str, Mapping[str, ArrayLike]] | None = None,
 ) -> LinearEvaluation:
     """Linear-probe every modality, and all modalities jointly, on pre-extracted features.
+
+    With ``present``, a modality's probe is fitted and scored on the rows of each split that
+    have the modality, and the joint probe on the rows that have every modality (complete
+    sessions); the features of other rows are never read.
 
     Args:
         features: split → modality → (N_split, D_modality) features, for the splits
@@ -448,17 +563,21 @@ def linear_evaluation(
         seed: ``random_state`` of every probe.
         class_weight: ``None`` or ``"balanced"``.
         max_iter: L-BFGS iteration limit of every probe.
+        present: split → modality → (N_split,) bool, whether each row has the modality; a
+            split or modality not in it is present in every row (``None``: all rows complete).
 
     Returns:
         ``{"metrics": {split: {probe: {metric: value}}}, "chosen_C": {probe: C},
-        "val_curve": {probe: {str(C): score}}}`` for split in ``val``/``test`` and probe in the
-        modalities plus ``"joint"`` (the column-wise concatenation of all modalities, in order;
-        only with two or more modalities). Every number is a plain Python float.
+        "val_curve": {probe: {str(C): score}}, "rows": {probe: {split: n}}}`` for split in
+        ``val``/``test`` (``rows``: also ``train``) and probe in the modalities plus
+        ``"joint"`` (the column-wise concatenation of all modalities, in order; only with two
+        or more modalities). Every number is a plain Python float (``rows``: int).
 
     Raises:
         ValueError: a missing split or modality, labels with a single class, feature rows that do
-            not match the labels, inconsistent feature widths across splits, or a modality named
-            ``"joint"`` alongside others.
+            not match the labels, inconsistent feature widths across splits, a modality named
+            ``"joint"`` alongside others, presence masks that are not one bool per row, or a
+            probe left with a single class (or no row) in a split once masked.
     """
     for split in SPLITS:
         if split not in features:
@@ -503,25 +622,39 @@ def linear_evaluation(
                 )
             xs[split][m] = x
 
+    masks = {split: _presence_masks(split, present, modalities, ys[split].shape[0])
+             for split in SPLITS}
     probes: dict[str, dict[str, NDArray[np.float64]]] = {
         m: {split: xs[split][m] for split in SPLITS} for m in modalities
+    }
+    rows: dict[str, dict[str, np.ndarray]] = {
+        m: {split: masks[split][m] for split in SPLITS} for m in modalities
     }
     if len(modalities) >= 2:
         probes[JOINT] = {
             split: np.concatenate([xs[split][m] for m in modalities], axis=1) for split in SPLITS
         }
+        rows[JOINT] = {split: np.logical_and.reduce([masks[split][m] for m in modalities])
+                       for split in SPLITS}
 
     out: LinearEvaluation = {
         "metrics": {"val": {}, "test": {}},
         "chosen_C": {},
         "val_curve": {},
+        "rows": {name: {split: int(kept[split].sum()) for split in SPLITS}
+                 for name, kept in rows.items()},
     }
     for name, probe_x in probes.items():
+        kept = rows[name]
         try:
+            for split in SPLITS:
+                if not kept[split].any():
+                    raise ValueError(f"split {split!r} has no row with "
+                                     f"{'every modality' if name == JOINT else 'this modality'}")
             result = fit_probe(
-                (probe_x["train"], ys["train"]),
-                (probe_x["val"], ys["val"]),
-                (probe_x["test"], ys["test"]),
+                (probe_x["train"][kept["train"]], ys["train"][kept["train"]]),
+                (probe_x["val"][kept["val"]], ys["val"][kept["val"]]),
+                (probe_x["test"][kept["test"]], ys["test"][kept["test"]]),
                 Cs=Cs,
                 max_iter=max_iter,
                 class_weight=class_weight,

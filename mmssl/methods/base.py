@@ -4,7 +4,7 @@ A method is a :class:`MultimodalMethod` subclass that declares, as class attribu
 
 * ``name`` — how configurations and the command line refer to it,
 * ``traits`` — :class:`MethodTraits`: whether it relates modalities (needs two or more), has
-  decoders, needs labels to pretrain,
+  decoders, needs labels to pretrain, handles sessions that lack a modality,
 * ``sections`` — the configuration sections it reads besides ``model`` and ``optim``, each a
   settings dataclass (e.g. ``{"ae": AESettings, "cca": CCASettings}``); a section may be shared
   by several methods (``objective`` by the taxonomy, CR-CCA and RR-AE),
@@ -90,6 +90,9 @@ class MethodTraits:
     has_decoders: bool = False
     #: pretrains with labels (an upper reference, not self-supervised)
     needs_labels: bool = False
+    #: trains on batches whose sessions may lack a modality (``batch["present"]``); a method
+    #: without it refuses a cohort with incomplete sessions (:func:`mmssl.runs.build.build_method`)
+    handles_missing_modalities: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,10 +88,22 @@ class TaxonomyMethod(MultimodalMethod):
               + \sum_t \mathrm{pen}_t .
 
     The heads serve the objective only; evaluation uses z.
+
+    Sessions without a modality (``batch["present"]``, see :mod:`mmssl.data.neuro.datamodule`):
+    each encoder and its heads see only the samples that have their modality (so BatchNorm
+    never normalises zero-filled volumes), the features are scattered back into batch-sized
+    float32 tensors (zeros for the absent samples) and the masks go to
+    :func:`~mmssl.objectives.taxonomy.taxonomy_loss`, which masks every term inside the batch.
+    In training, a modality present in fewer than two samples of a batch is left out of that
+    step (BatchNorm needs two samples; every term involving it would need two anyway, unless
+    negatives are gathered across processes). Every parameter is kept in the graph with weight
+    zero, so a step whose terms are all skipped still backpropagates and data-parallel training
+    sees every parameter used.
     """
 
     name = "taxonomy"
-    traits = MethodTraits(relates_modalities=False)  # CR alone is unimodal; see model_name
+    traits = MethodTraits(relates_modalities=False,  # CR alone is unimodal; see model_name
+                          handles_missing_modalities=True)
     sections = {"objective": ObjectiveSettings}
     summary = "any of the 15 taxonomy objectives (--objective)"
     paper = "Fedorov et al. 2020/2024"
@@ -128,28 +140,96 @@ class TaxonomyMethod(MultimodalMethod):
         """R: the projected global representation."""
         return cast(Tensor, self.global_heads[modality](z))
 
+    def presence(self, batch: Mapping[str, Any]) -> dict[str, Tensor] | None:
+        """The batch's presence masks (modality → (B,) bool), ``None`` when it has none.
+
+        In training a modality present in fewer than two samples is marked absent in all of
+        them (BatchNorm in training mode cannot normalise a single sample).
+        """
+        present = batch.get("present")
+        if present is None:
+            return None
+        masks: dict[str, Tensor] = {}
+        for modality in self.modalities:
+            if modality not in present:
+                continue
+            mask = torch.as_tensor(present[modality]).to(device=batch[modality].device,
+                                                         dtype=torch.bool)
+            if self.training and int(mask.sum()) < 2:
+                mask = torch.zeros_like(mask)
+            masks[modality] = mask
+        return masks
+
     def encode_all(
-        self, batch: Mapping[str, Tensor]
+        self, batch: Mapping[str, Any], present: Mapping[str, Tensor] | None = None
     ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
-        """Projected local maps C, projected globals R and raw z, per modality."""
+        """Projected local maps C, projected globals R and raw z, per modality.
+
+        With ``present``, each modality is encoded on its present samples only and its
+        features are scattered back into (B, ...) float32 tensors, zeros where absent.
+        """
         local: dict[str, dict[str, Tensor]] = {}
         global_: dict[str, Tensor] = {}
         zs: dict[str, Tensor] = {}
         for modality in self.modalities:
-            out = self.encoder(modality)(batch[modality])
+            x = batch[modality]
             heads = cast(nn.ModuleDict, self.local_heads[modality])
-            local[modality] = {tap: heads[tap](out.local[tap]) for tap in heads}
-            global_[modality] = self.global_features(modality, out.z)
-            zs[modality] = out.z
+            rows = None if present is None else present.get(modality)
+            if rows is None or bool(rows.all()):
+                out = self.encoder(modality)(x)
+                local[modality] = {tap: heads[tap](out.local[tap]) for tap in heads}
+                global_[modality] = self.global_features(modality, out.z)
+                zs[modality] = out.z
+                if present is not None:  # one dtype whichever branch each process takes
+                    local[modality] = {k: v.float() for k, v in local[modality].items()}
+                    global_[modality], zs[modality] = global_[modality].float(), out.z.float()
+                continue
+            size = x.shape[0]
+            index = rows.nonzero().squeeze(1)
+            if index.numel() == 0:
+                local[modality], global_[modality], zs[modality] = self._absent(modality, x)
+                continue
+            out = self.encoder(modality)(x.index_select(0, index))
+            local[modality] = {tap: _scatter(heads[tap](out.local[tap]), index, size)
+                               for tap in heads}
+            global_[modality] = _scatter(self.global_features(modality, out.z), index, size)
+            zs[modality] = _scatter(out.z, index, size)
         return local, global_, zs
+
+    def _absent(self, modality: str,
+                x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Zero features of the right shapes for a modality absent from the whole batch."""
+        encoder = self.encoder(modality)
+        size, head = x.shape[0], self.model_settings.head_dim
+        heads = cast(nn.ModuleDict, self.local_heads[modality])
+        local = {tap: x.new_zeros(size, head, encoder.sides[tap] ** encoder.spatial_dims,
+                                  dtype=torch.float32) for tap in heads}
+        return (local, x.new_zeros(size, head, dtype=torch.float32),
+                x.new_zeros(size, encoder.latent_dim, dtype=torch.float32))
+
+    def tie_parameters(self) -> Tensor:
+        """0 × the sum of every trainable parameter: keeps them all in the graph (see class)."""
+        params = [p.sum() for p in self.parameters() if p.requires_grad]
+        return torch.stack(params).sum() * 0.0
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        local, global_, _ = self.encode_all(batch)
+        present = self.presence(batch)
+        local, global_, _ = self.encode_all(batch, present)
         result = taxonomy_loss(
             local, global_, self.objective, estimator=self.gathering_estimator(),
             weights=self.objective_settings.weights,
             weight_penalty=self.objective_settings.weight_penalty, generator=generator,
+            present=present,
         )
-        return result.total, result.terms
+        total = result.total
+        if present is not None and self.training:
+            total = total + self.tie_parameters()
+        return total, result.terms
+
+
+def _scatter(part: Tensor, index: Tensor, size: int) -> Tensor:
+    """(n, ...) rows of the samples ``index`` → (size, ...) float32, zeros elsewhere."""
+    part = part.float()
+    return part.new_zeros((size, *part.shape[1:])).index_copy(0, index, part)

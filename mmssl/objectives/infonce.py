@@ -313,6 +313,101 @@ def _loss_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tensor
     return F.softplus(negatives[:, None, None] - positives).mean()
 
 
+def masked_infonce(
+    anchors: Tensor,
+    candidates: Tensor,
+    valid: Tensor,
+    *,
+    critic: Critic = "scaled_dot",
+    clip: float | None = 20.0,
+    penalty_weight: float = 0.04,
+    temperature: float = 1.0,
+    gather: bool = False,
+    estimator: Estimator = "lean",
+    chunk_size: int | None = None,
+) -> InfoNCEResult | None:
+    r""":func:`infonce` restricted to the samples where ``valid`` is true (masking in the batch).
+
+    Samples with ``valid[i]`` false are neither anchors nor candidates (so never negatives):
+    the result equals ``infonce(anchors[valid], candidates[valid])``. With fewer than two valid
+    samples there are no negatives and the term does not exist: ``None`` is returned.
+
+    With ``gather`` under data-parallel training (an initialised process group of W > 1
+    processes) the masks of every process are gathered first (no gradient), then the
+    candidates (:func:`gather_with_grad`), and the global candidates are subset by the global
+    mask; the local valid anchors find their own samples at the offset given by the valid
+    counts of the lower ranks. The term is skipped (``None``, on every process alike) when the
+    *global* batch has fewer than two valid samples. Each process's loss and penalty are then
+    scaled by :math:`W n_r / n` (:math:`n_r` its valid anchors, :math:`n` the global count),
+    so that the process mean that DDP's gradient averaging optimises,
+    :math:`\frac1W\sum_r \frac{W n_r}{n}\,\overline{\ell}_r = \frac1n\sum_{\text{valid } i}
+    \ell_i`, is exactly the loss of the masked global batch. A process without valid anchors
+    contributes zero, still tied to the gathered candidates so that the gather's backward
+    (a collective) runs on every process.
+
+    Args:
+        anchors: (B, C, L_y) local anchors.
+        candidates: (B, C, L_x) local candidates.
+        valid: (B,) bool, which samples may take part.
+        critic, clip, penalty_weight, temperature, estimator, chunk_size: as :func:`infonce`.
+        gather: take the candidates of every process (see above).
+
+    Returns:
+        The term's :class:`InfoNCEResult`, or ``None`` when it has fewer than two valid samples.
+
+    Raises:
+        ValueError: ``valid`` is not a (B,) bool tensor, or the arguments :func:`infonce`
+            refuses.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
+        )
+    _check_settings(clip, chunk_size)
+    _common_checks(anchors, candidates)
+    if valid.dtype != torch.bool or tuple(valid.shape) != (anchors.shape[0],):
+        raise ValueError(
+            f"valid must be a ({anchors.shape[0]},) bool tensor (one flag per sample); got "
+            f"{valid.dtype} of shape {tuple(valid.shape)}"
+        )
+    valid = valid.to(anchors.device)
+
+    def term(mine: Tensor, theirs: Tensor, offset: int) -> InfoNCEResult:
+        if estimator == "dense":
+            return _dense_infonce(mine, theirs, offset, critic=critic, clip=clip,
+                                  penalty_weight=penalty_weight, temperature=temperature)
+        return _lean_infonce(mine, theirs, offset, critic=critic, clip=clip,
+                             penalty_weight=penalty_weight, temperature=temperature,
+                             chunk_size=chunk_size)
+
+    import torch.distributed as dist
+
+    distributed = (gather and dist.is_available() and dist.is_initialized()
+                   and dist.get_world_size() > 1)
+    if not distributed:
+        if int(valid.sum()) < 2:
+            return None
+        return term(anchors[valid], candidates[valid], 0)
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    flags = valid.to(torch.long)
+    every = [torch.empty_like(flags) for _ in range(world)]
+    dist.all_gather(every, flags)
+    global_valid = torch.cat(every).bool()
+    counts = [int(part.sum()) for part in every]
+    total = sum(counts)
+    if total < 2:
+        return None
+    gathered, _ = gather_with_grad(candidates)
+    kept = gathered[global_valid]
+    if counts[rank] == 0:
+        tied = gathered.sum() * 0.0
+        return InfoNCEResult(loss=tied, penalty=tied)
+    result = term(anchors[valid], kept, sum(counts[:rank]))
+    scale = world * counts[rank] / total
+    return InfoNCEResult(loss=result.loss * scale, penalty=result.penalty * scale)
+
+
 def _dense_infonce(anchors: Tensor, candidates: Tensor, offset: int, *, critic: Critic,
                    clip: float | None, penalty_weight: float,
                    temperature: float) -> InfoNCEResult:

@@ -21,6 +21,15 @@ The total loss is :math:`\\sum_m w_m \\sum_{t \\in m} \\mathrm{nce}_t + \\sum_t 
 unweighted as in the reference unless ``weight_penalty`` is set). Cross-modal modes loop over
 all ordered pairs of modalities, so any number of modalities works.
 
+**Missing modalities.** With ``present`` (modality → (B,) bool) a term uses only the samples
+where every modality it involves is present — CR its modality, XX, CC and RR both — as anchors
+*and* as candidates (masking inside the batch: negatives come only from valid samples), so the
+loss of a batch in which sample k lacks modality j equals the loss with sample k's terms that
+involve j removed. A term with fewer than two valid samples has no negatives and is skipped: it
+is absent from :attr:`TaxonomyLoss.terms` (not NaN) and adds nothing to the total. Under
+data-parallel gathering the masks are gathered with the candidates
+(:func:`~mmssl.objectives.infonce.masked_infonce`).
+
 This module is pure: it knows nothing about encoders, files or training loops.
 """
 
@@ -33,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mmssl.objectives.infonce import CRITICS, Critic, InfoNCEResult, infonce
+from mmssl.objectives.infonce import CRITICS, Critic, InfoNCEResult, infonce, masked_infonce
 
 
 class ObjectiveError(ValueError):
@@ -135,13 +144,31 @@ class EstimatorSettings:
             gather=self.gather,
         )
 
+    def term(self, anchors: Tensor, candidates: Tensor,
+             valid: Tensor | None) -> InfoNCEResult | None:
+        """One term on the ``valid`` samples only (all when ``None``); ``None`` when fewer than
+        two samples are valid (:func:`~mmssl.objectives.infonce.masked_infonce`)."""
+        if valid is None:
+            return self(anchors, candidates)
+        return masked_infonce(
+            anchors,
+            candidates,
+            valid,
+            critic=self.critic,
+            clip=self.clip,
+            penalty_weight=self.penalty_weight,
+            temperature=self.temperature,
+            gather=self.gather,
+        )
+
 
 @dataclass
 class TaxonomyLoss:
     """The total loss and every term, for logging.
 
     ``terms`` maps ``MODE/layer/anchor:candidates`` (``RR/anchor:candidates`` for RR) to the
-    InfoNCE loss and the same name plus ``/penalty`` to the term's score penalty.
+    InfoNCE loss and the same name plus ``/penalty`` to the term's score penalty. A term
+    skipped for lack of valid samples (missing modalities) has no entry.
     """
 
     total: Tensor
@@ -185,8 +212,14 @@ def taxonomy_loss(
     weights: Mapping[str, float] | None = None,
     weight_penalty: bool = False,
     generator: torch.Generator | None = None,
+    present: Mapping[str, Tensor] | None = None,
 ) -> TaxonomyLoss:
     """Compose the enabled modes into one loss.
+
+    With ``present``, each term is restricted to the samples where all the modalities it
+    involves are present (module docstring); a term with fewer than two such samples is left
+    out of the total and of :attr:`TaxonomyLoss.terms`. Features of absent samples may hold
+    anything (zeros): they are never read.
 
     Args:
         local: modality → layer name → projected local features (B, C, L).
@@ -196,9 +229,16 @@ def taxonomy_loss(
         weights: mode → weight (1 for modes not given); applied once per term.
         weight_penalty: also multiply each term's penalty by its mode weight.
         generator: random source for the CC anchor locations (reproducible, any device).
+            CC draws a location for the valid samples of each pair only, in pair order.
+        present: modality → (B,) bool, whether each sample has that modality; a modality not
+            in it is present in every sample. ``None``: every modality of every sample.
 
     Returns:
         :class:`TaxonomyLoss` with the total and each term.
+
+    Raises:
+        ObjectiveError: inconsistent features, or ``present`` naming an unknown modality or
+            not holding one bool flag per sample.
     """
     estimator = estimator or EstimatorSettings()
     mode_weights = resolve_weights(objective, weights)
@@ -216,9 +256,10 @@ def taxonomy_loss(
     if objective.needs_local and not any(local.values()):
         raise ObjectiveError(f"objective {objective.name} needs local features; none were given")
 
+    masks = _check_present(present, global_)
     total = next(iter(global_.values())).new_zeros(())
     terms: dict[str, Tensor] = {}
-    features = Features(local=local, global_=global_, generator=generator)
+    features = Features(local=local, global_=global_, generator=generator, present=masks)
     for mode in objective.modes:
         weight = mode_weights[mode]
         for name, result in MODES[mode].terms(features, estimator):
@@ -229,13 +270,38 @@ def taxonomy_loss(
     return TaxonomyLoss(total=total, terms=terms)
 
 
+def _check_present(present: Mapping[str, Tensor] | None,
+                   global_: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The presence masks as (B,) bool tensors on the features' device, checked."""
+    if present is None:
+        return None
+    reference = next(iter(global_.values()))
+    batch = reference.shape[0]
+    unknown = sorted(set(present) - set(global_))
+    if unknown:
+        raise ObjectiveError(f"present names modalities without features: {unknown}; "
+                             f"modalities: {sorted(global_)}")
+    masks: dict[str, Tensor] = {}
+    for modality, mask in present.items():
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool \
+                or tuple(mask.shape) != (batch,):
+            what = (f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor)
+                    else type(mask).__name__)
+            raise ObjectiveError(f"present[{modality!r}] must be a ({batch},) bool tensor, one "
+                                 f"flag per sample; got {what}")
+        masks[modality] = mask.to(reference.device)
+    return masks
+
+
 @dataclass(frozen=True)
 class Features:
-    """What the mode terms read: projected local maps C, globals R, and a random source."""
+    """What the mode terms read: projected local maps C, globals R, a random source, and the
+    presence masks (``None``: every modality of every sample is present)."""
 
     local: Mapping[str, Mapping[str, Tensor]]
     global_: Mapping[str, Tensor]
     generator: torch.Generator | None = None
+    present: Mapping[str, Tensor] | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -245,6 +311,18 @@ class Features:
         """Every ordered pair of different modalities."""
         return list(itertools.permutations(self.modalities, 2))
 
+    def valid(self, *modalities: str) -> Tensor | None:
+        """(B,) bool: the samples where every one of ``modalities`` is present (``None``: all)."""
+        if self.present is None:
+            return None
+        batch = next(iter(self.global_.values())).shape[0]
+        out = torch.ones(batch, dtype=torch.bool,
+                         device=next(iter(self.global_.values())).device)
+        for modality in modalities:
+            if modality in self.present:
+                out = out & self.present[modality]
+        return out
+
 
 Terms = Iterator[tuple[str, InfoNCEResult]]
 
@@ -253,23 +331,46 @@ def _anchor(vector: Tensor) -> Tensor:
     return vector.unsqueeze(-1)
 
 
+def _kept(name: str, result: InfoNCEResult | None) -> Terms:
+    """Yield ``(name, result)`` unless the term was skipped (``None``)."""
+    if result is not None:
+        yield name, result
+
+
 def cr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
-    """CR: :math:`I(R_i; C_i)` for every modality i and tapped layer (``CR/layer/i``)."""
+    """CR: :math:`I(R_i; C_i)` for every modality i and tapped layer (``CR/layer/i``), on the
+    samples that have modality i."""
     for modality in features.modalities:
+        valid = features.valid(modality)
         for layer, local in features.local.get(modality, {}).items():
-            yield f"CR/{layer}/{modality}", estimator(_anchor(features.global_[modality]), local)
+            yield from _kept(f"CR/{layer}/{modality}", estimator.term(
+                _anchor(features.global_[modality]), local, valid))
 
 
 def xx_terms(features: Features, estimator: EstimatorSettings) -> Terms:
-    """XX: :math:`I(R_i; C_j)` for every i ≠ j and layer of j (``XX/layer/i:j``)."""
+    """XX: :math:`I(R_i; C_j)` for every i ≠ j and layer of j (``XX/layer/i:j``), on the
+    samples that have both."""
     for anchor, other in features.pairs():
+        valid = features.valid(anchor, other)
         for layer, local in features.local.get(other, {}).items():
-            yield (f"XX/{layer}/{anchor}:{other}",
-                   estimator(_anchor(features.global_[anchor]), local))
+            yield from _kept(f"XX/{layer}/{anchor}:{other}", estimator.term(
+                _anchor(features.global_[anchor]), local, valid))
+
+
+def _draw_anchors(local: Tensor, valid: Tensor | None,
+                  generator: torch.Generator | None) -> Tensor:
+    """CC anchors: one random location of every valid sample (zeros for the others), drawn
+    for the valid samples only, so a masked batch draws what the batch of its valid samples
+    would."""
+    if valid is None:
+        return sample_locations(local, generator)
+    drawn = sample_locations(local[valid], generator)
+    return local.new_zeros(local.shape[0], local.shape[1], 1).index_put((valid,), drawn)
 
 
 def cc_terms(features: Features, estimator: EstimatorSettings) -> Terms:
-    """CC: :math:`I(C_i[\\ell]; C_j)`, ℓ one random location per sample, layers tapped in both."""
+    """CC: :math:`I(C_i[\\ell]; C_j)`, ℓ one random location per sample, layers tapped in both,
+    on the samples that have both."""
     for anchor, other in features.pairs():
         mine, theirs = features.local.get(anchor, {}), features.local.get(other, {})
         shared = [k for k in mine if k in theirs]
@@ -278,17 +379,20 @@ def cc_terms(features: Features, estimator: EstimatorSettings) -> Terms:
                 f"CC needs a layer tapped in both {anchor} and {other}; got {sorted(mine)} and "
                 f"{sorted(theirs)}"
             )
+        valid = features.valid(anchor, other)
         for layer in shared:
-            anchors = sample_locations(mine[layer], features.generator)
-            yield f"CC/{layer}/{anchor}:{other}", estimator(anchors, theirs[layer])
+            anchors = _draw_anchors(mine[layer], valid, features.generator)
+            yield from _kept(f"CC/{layer}/{anchor}:{other}",
+                             estimator.term(anchors, theirs[layer], valid))
 
 
 def rr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
-    """RR: :math:`I(R_j; R_i)` for every i ≠ j (``RR/j:i``: anchors from j)."""
+    """RR: :math:`I(R_j; R_i)` for every i ≠ j (``RR/j:i``: anchors from j), on the samples
+    that have both."""
     for candidates, anchor in features.pairs():
-        yield (f"RR/{anchor}:{candidates}",
-               estimator(_anchor(features.global_[anchor]),
-                         _anchor(features.global_[candidates])))
+        yield from _kept(f"RR/{anchor}:{candidates}", estimator.term(
+            _anchor(features.global_[anchor]), _anchor(features.global_[candidates]),
+            features.valid(anchor, candidates)))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from mmssl.config import RunConfig
 from mmssl.data.registry import dataset_spec
 from mmssl.errors import ConfigError, DataError, RunDirError
-from mmssl.methods import MultimodalMethod, method_class
+from mmssl.methods import METHODS, MultimodalMethod, method_class
 
 __all__ = ["build_datamodule", "build_method", "check_accelerator", "preflight", "torch_device"]
 
@@ -28,10 +28,28 @@ def build_datamodule(config: RunConfig, skipped_rows: Path | None = None) -> L.L
 
 
 def build_method(config: RunConfig, datamodule: Any) -> MultimodalMethod:
-    """The LightningModule of ``config.method`` for the data module's modalities and shapes."""
-    return method_class(config.method).from_config(
-        config, datamodule.input_shapes, datamodule.num_classes
-    )
+    """The LightningModule of ``config.method`` for the data module's modalities and shapes.
+
+    A data module whose sessions may lack a modality says how many of the sessions the run
+    uses do (``incomplete_sessions``); a method without the trait
+    ``handles_missing_modalities`` refuses such data here, before training starts.
+
+    Raises:
+        ConfigError: the method cannot handle the data module's incomplete sessions.
+    """
+    cls = method_class(config.method)
+    num_classes = datamodule.num_classes
+    incomplete = int(getattr(datamodule, "incomplete_sessions", 0) or 0)
+    if incomplete and not cls.traits.handles_missing_modalities:
+        able = sorted(name for name, method in METHODS.items()
+                      if method.traits.handles_missing_modalities)
+        raise ConfigError(
+            f"method {config.method} cannot train on sessions that lack a modality, and "
+            f"{incomplete} of the sessions this run uses lack one (an empty path cell in the "
+            f"manifest); use a method that can ({', '.join(able)}), or keep only complete "
+            f"sessions in the manifest"
+        )
+    return cls.from_config(config, datamodule.input_shapes, num_classes)
 
 
 def check_accelerator(accelerator: str, devices: int) -> None:

@@ -5,6 +5,12 @@ extracts the frozen features of the train (fixed views), validation and test spl
 encoders in eval mode, saves them to ``features.npz``, and fits the probes
 (:func:`mmssl.evaluation.probe.linear_evaluation`), writing ``probe.json`` and, last,
 ``metrics.json``. :func:`read_features` is the one reader of ``features.npz``.
+
+Sessions that lack a modality: each modality's probe uses the rows that have it and the joint
+probe the complete ones (:func:`~mmssl.evaluation.probe.linear_evaluation`); ``probe.json``
+records the rows of every probe and split (``rows``), the log says how many complete sessions
+the joint probe had, and ``features.npz`` keeps the presence masks
+(``<split>/present/<modality>``, read by :func:`read_presence`).
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ from mmssl import io
 from mmssl.config import RunConfig
 from mmssl.errors import RunDirError
 from mmssl.evaluation.generate import generate as write_grid
-from mmssl.evaluation.probe import extract_features, linear_evaluation
+from mmssl.evaluation.probe import JOINT, extract_split, linear_evaluation
 from mmssl.methods import MultimodalMethod
 from mmssl.runs.build import build_datamodule, torch_device
 from mmssl.runs.checkpoints import load_method
 from mmssl.runs.rundir import RunDir
 from mmssl.runs.training import attached_log, pretrain, process_rank
 
-__all__ = ["LoadedRun", "evaluate", "generate", "load_run", "read_features", "save_features"]
+__all__ = ["LoadedRun", "evaluate", "generate", "load_run", "read_features", "read_presence",
+           "save_features"]
+
+#: The name part of ``features.npz`` keys holding presence masks: ``<split>/present/<m>``.
+PRESENT = "present"
 
 log = logging.getLogger("mmssl")
 
@@ -59,32 +69,62 @@ def load_run(out: Path, *, device: str | None = None, command: str = "pretrain")
 
 
 def save_features(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],
-                  labels: Mapping[str, np.ndarray]) -> Path:
-    """``features.npz``: ``<split>/<modality>`` and ``<split>/label`` arrays, atomically."""
+                  labels: Mapping[str, np.ndarray],
+                  present: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Path:
+    """``features.npz``: ``<split>/<modality>``, ``<split>/label`` and (when given)
+    ``<split>/present/<modality>`` (bool) arrays, atomically."""
     arrays = {f"{split}/{m}": v for split, per in features.items() for m, v in per.items()}
     arrays.update({f"{split}/label": v for split, v in labels.items()})
+    arrays.update({f"{split}/{PRESENT}/{m}": np.asarray(v, dtype=bool)
+                   for split, per in (present or {}).items() for m, v in per.items()})
     return io.save_npz(path, arrays)
 
 
-def read_features(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """What :func:`save_features` wrote: split → modality → features, and split → labels."""
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise RunDirError(f"{path.parent} has not been evaluated (no {path.name}); run "
                           f"`mmssl evaluate {path.parent}`")
-    features: dict[str, dict[str, np.ndarray]] = {}
-    labels: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            for key in arrays.files:
-                split, name = key.split("/", 1)
-                if name == "label":
-                    labels[split] = arrays[key]
-                else:
-                    features.setdefault(split, {})[name] = arrays[key]
+            return {key: arrays[key] for key in arrays.files}
     except (OSError, ValueError) as error:
         raise RunDirError(f"{path} cannot be read ({error}); run `mmssl evaluate "
                           f"{path.parent}` again") from None
+
+
+def read_features(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """What :func:`save_features` wrote: split → modality → features, and split → labels.
+
+    Presence masks are not features (:func:`read_presence` reads them); files written before
+    they existed read the same.
+    """
+    features: dict[str, dict[str, np.ndarray]] = {}
+    labels: dict[str, np.ndarray] = {}
+    for key, value in _load_npz(path).items():
+        split, name = key.split("/", 1)
+        if name == "label":
+            labels[split] = value
+        elif not name.startswith(f"{PRESENT}/"):
+            features.setdefault(split, {})[name] = value
     return features, labels
+
+
+def read_presence(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """split → modality → (N,) bool, whether each row of ``features.npz`` has the modality.
+
+    A file without masks (written before they existed, or by a complete cohort's run of an
+    older version) means every row has every modality.
+    """
+    arrays = _load_npz(path)
+    present: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        split, name = key.split("/", 1)
+        if name == "label" or name.startswith(f"{PRESENT}/"):
+            continue
+        stored = arrays.get(f"{split}/{PRESENT}/{name}")
+        present.setdefault(split, {})[name] = (np.ones(len(value), dtype=bool) if stored is None
+                                               else stored.astype(bool))
+    return present
 
 
 def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
@@ -104,16 +144,22 @@ def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
         for variant, encoders in model.probe_encoders().items():
             features: dict[str, dict[str, np.ndarray]] = {}
             labels: dict[str, np.ndarray] = {}
+            present: dict[str, dict[str, np.ndarray]] = {}
             for split in ("train", "val", "test"):
-                features[split], labels[split] = extract_features(
+                extracted = extract_split(
                     encoders, loaded.datamodule.eval_dataloader(split), device=loaded.device
                 )
-            save_features(run.variant_features(variant), features, labels)
+                features[split], labels[split] = extracted.features, extracted.labels
+                present[split] = extracted.present
+            save_features(run.variant_features(variant), features, labels, present)
             result = linear_evaluation(features, labels, Cs=config.probe.Cs, seed=config.seed,
                                        max_iter=config.probe.max_iter,
-                                       class_weight=config.probe.class_weight)
+                                       class_weight=config.probe.class_weight, present=present)
             probe_info[variant or "default"] = {"chosen_C": result["chosen_C"],
-                                                "val_curve": result["val_curve"]}
+                                                "val_curve": result["val_curve"],
+                                                "rows": result["rows"]}
+            if not variant:
+                _log_rows(result["rows"], labels)
             if variant:
                 io.write_json(run.variant_metrics(variant), result["metrics"])
             else:
@@ -128,6 +174,21 @@ def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
         log.info("evaluated %s (%s checkpoint): %s", run.root, config.trainer.checkpoint,
                  metrics.get("test", {}))
         return metrics
+
+
+def _log_rows(rows: Mapping[str, Mapping[str, int]], labels: Mapping[str, np.ndarray]) -> None:
+    """Log how many rows each probe had; say so when sessions lacked a modality."""
+    total = {split: len(y) for split, y in labels.items()}
+    everything = sum(total.values())
+    for probe, per_split in rows.items():
+        used = sum(per_split.values())
+        if probe == JOINT:
+            log.info("joint probe on %d complete sessions of %d (%s)", used, everything,
+                     ", ".join(f"{s} {n}/{total[s]}" for s, n in per_split.items()))
+        elif used < everything:
+            log.info("%s probe on the %d sessions of %d that have %s (%s)", probe, used,
+                     everything, probe, ", ".join(f"{s} {n}/{total[s]}"
+                                                  for s, n in per_split.items()))
 
 
 def generate(out: Path, *, n: int = 10, split: str = "test", device: str | None = None) -> Path:

@@ -12,11 +12,14 @@ Preprocessing results live under ``cache_dir`` (default ``<manifest folder>/.mms
           one preprocessed volume (float32, grid shape) per distinct source file content
       cohorts/<settings>/<modality>-<list key>.npy
           one (N, *grid shape) float32 array per modality, rows in manifest order, built from
-          the entries above and opened memory-mapped (``np.load(..., mmap_mode="r")``)
+          the entries above and opened memory-mapped (``np.load(..., mmap_mode="r")``); a
+          session without the modality is a row of zeros (key :data:`MISSING_ENTRY`)
 
 ``<sha>`` is the SHA-256 of the source file's bytes, ``<settings>`` the first 20 hex digits of
 :meth:`Preprocessing.key` (which covers the settings, the target grid, the mask file's content
-and :data:`PREPROCESSING_VERSION`), ``<list key>`` a hash of the ordered list of entries. So a
+and :data:`PREPROCESSING_VERSION`), ``<list key>`` a hash of the ordered list of entries (the
+fixed sentinel :data:`MISSING_ENTRY` standing for a missing modality, which no SHA-256 can
+equal). So a
 rerun hashes the files and reuses everything; a file whose content changed (whatever its name)
 is preprocessed again, and an unchanged file is never preprocessed again, even when the manifest
 changes (only the cheap cohort array is rebuilt). Other settings use other folders. Every file
@@ -52,7 +55,8 @@ from mmssl.data.neuro.validation import (
     is_nifti_name,
 )
 
-__all__ = ["CACHE_DIR_NAME", "CACHE_HINT", "Cache", "cohort_array", "inspect_cached", "load_npy"]
+__all__ = ["CACHE_DIR_NAME", "CACHE_HINT", "MISSING_ENTRY", "Cache", "cohort_array",
+           "inspect_cached", "load_npy"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,9 @@ CACHE_HINT = ("the preprocessing cache lives beside the manifest unless data.neu
               "is set: pass --cache-dir DIR (or --set data.neuro.cache_dir=DIR) with a writable "
               "folder")
 _SETTINGS_DIR_CHARS = 20
+#: The entry key of a missing modality in :func:`cohort_array` (a row of zeros); not hex, so no
+#: SHA-256 of a file can equal it.
+MISSING_ENTRY = "<missing>"
 
 def load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """A float32 array of ``shape`` stored at ``path``, memory-mapped, or ``None``."""
@@ -155,7 +162,12 @@ def inspect_cached(paths: Sequence[Path], cache: Cache, steps: Any,
 
 def cohort_array(cache: Cache, modality: str, keys: Sequence[str],
                   shape: tuple[int, int, int]) -> np.ndarray:
-    """The memory-mapped ``(N, *shape)`` stack of the entries ``keys``, built when missing."""
+    """The memory-mapped ``(N, *shape)`` stack of the entries ``keys``, built when missing.
+
+    A key equal to :data:`MISSING_ENTRY` gives a row of zeros (a session without the
+    modality); the sentinel is part of the list's hash, so the array's cache key changes with
+    which sessions are missing.
+    """
     path = cache.cohort_path(modality, keys)
     full = (len(keys), *shape)
     existing = load_npy(path, full)
@@ -171,6 +183,9 @@ def cohort_array(cache: Cache, modality: str, keys: Sequence[str],
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=full)
         for i, sha in enumerate(keys):
+            if sha == MISSING_ENTRY:
+                out[i] = 0.0
+                continue
             entry = load_npy(cache.entry_path(sha), shape)
             if entry is None:
                 raise OSError(f"cache entry {cache.entry_path(sha)} vanished while assembling "

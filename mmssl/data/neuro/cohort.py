@@ -1,4 +1,9 @@
-"""A cohort: the validated, preprocessed (cached) and stacked volumes of a manifest."""
+"""A cohort: the validated, preprocessed (cached) and stacked volumes of a manifest.
+
+A session may lack a modality (an empty manifest cell): its row of that modality's array is
+all zeros and :attr:`Cohort.present` says which rows are real. Consumers must use the masks;
+the zeros are only there so every modality keeps one memory-mapped ``(N, *grid)`` array.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from mmssl import io
 from mmssl.data.neuro.cache import (
     CACHE_DIR_NAME,
     CACHE_HINT,
+    MISSING_ENTRY,
     Cache,
     cohort_array,
     inspect_cached,
@@ -88,7 +94,9 @@ class Cohort:
 
     Attributes:
         manifest: the manifest restricted to the kept rows (row ``i`` is item ``i``).
-        volumes: modality -> read-only memory-mapped ``float32`` array ``(N, *grid.shape)``.
+        volumes: modality -> read-only memory-mapped ``float32`` array ``(N, *grid.shape)``;
+            the rows of sessions that lack the modality are all zeros.
+        present: modality -> ``bool`` ``(N,)``, whether the session has that modality.
         labels: ``int64`` ``(N,)``, -1 when unlabelled.
         subjects: ``str`` ``(N,)``.
         sessions: ``str`` ``(N,)`` ("" when the manifest has no session).
@@ -103,6 +111,7 @@ class Cohort:
 
     manifest: Manifest
     volumes: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
     labels: np.ndarray
     subjects: np.ndarray
     sessions: np.ndarray
@@ -117,6 +126,19 @@ class Cohort:
     def __len__(self) -> int:
         """Number of rows (subjects × sessions)."""
         return len(self.labels)
+
+    @property
+    def complete(self) -> np.ndarray:
+        """``bool`` ``(N,)``: whether a session has every modality."""
+        out = np.ones(len(self), dtype=bool)
+        for mask in self.present.values():
+            out &= mask
+        return out
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether any session lacks a modality."""
+        return not bool(self.complete.all())
 
 
 def load_cohort(manifest_path: Path, modalities: Sequence[str], *,
@@ -144,11 +166,13 @@ def load_cohort(manifest_path: Path, modalities: Sequence[str], *,
         max_volume_bytes: the most voxel data a file may declare (checked before reading).
 
     Returns:
-        The cohort; its volumes are memory-mapped arrays in the cache.
+        The cohort; its volumes are memory-mapped arrays in the cache. An empty path cell is a
+        missing modality: the row stays, its volume of that modality is zeros and
+        :attr:`Cohort.present` marks it absent.
 
     Raises:
-        ManifestError: problems with ``on_bad_row="error"``, or no usable row left, or a problem
-            with the manifest as a whole.
+        ManifestError: problems with ``on_bad_row="error"``, or no usable row left, or a
+            modality that no usable row has, or a problem with the manifest as a whole.
         ValueError: invalid arguments or mask.
         OSError: the cache folder cannot be written.
     """
@@ -186,6 +210,13 @@ def load_cohort(manifest_path: Path, modalities: Sequence[str], *,
             raise ManifestError(problems, manifest.path, skippable=False,
                                 note="No usable row is left." if problems
                                 else "The manifest has no data rows.")
+        absent = [m for m in manifest.modalities if not any(m in c.paths for c in kept)]
+        if absent:
+            raise ManifestError(
+                [Problem(0, "", m, "", f"no usable row has a volume for modality {m} (every "
+                         f"cell of column {m} is empty or its row is bad)", name)
+                 for m in absent], manifest.path, skippable=False,
+                note="Drop the modality from --modalities, or fill in its paths.")
 
         todo = list(dict.fromkeys(shas[p] for c in kept for p in c.paths.values()))
         source = {shas[p]: p for p in reversed(paths) if p in shas}
@@ -203,7 +234,7 @@ def load_cohort(manifest_path: Path, modalities: Sequence[str], *,
         volumes: dict[str, np.ndarray] = {}
         with steps.task("Assembling cohort arrays", len(manifest.modalities)) as advance:
             for m in manifest.modalities:
-                keys = [shas[c.paths[m]] for c in kept]
+                keys = [shas[c.paths[m]] if m in c.paths else MISSING_ENTRY for c in kept]
                 volumes[m] = cohort_array(cache, m, keys, grid.shape)
                 advance()
 
@@ -215,6 +246,8 @@ def load_cohort(manifest_path: Path, modalities: Sequence[str], *,
     return Cohort(
         manifest=kept_manifest,
         volumes=volumes,
+        present={m: np.array([m in r.paths for r in rows], dtype=bool)
+                 for m in manifest.modalities},
         labels=np.array([r.label for r in rows], dtype=np.int64),
         subjects=np.array([r.subject for r in rows], dtype=str),
         sessions=np.array([r.session for r in rows], dtype=str),

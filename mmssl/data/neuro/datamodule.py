@@ -1,15 +1,23 @@
 """The multimodal neuroimaging data module: a validated, cached cohort split by subject.
 
 Pretraining uses every session of the training subjects plus every unlabelled subject;
-evaluation uses one session (the first labelled one) per labelled subject of each split. The
-splits are subject-level (:func:`~mmssl.data.splits.subject_splits`): no subject is in two
-sets. Training batches get the same random pad-crop (and optional flips) in every modality,
-drawn on the training device from a generator seeded by (seed, epoch, first row of the
-batch), so a resumed run sees the same augmentations.
+evaluation uses one session per labelled subject of each split: the first labelled one (in
+session order) among those with the most modalities present. The splits are subject-level
+(:func:`~mmssl.data.splits.subject_splits`): no subject is in two sets. Training batches get
+the same random pad-crop (and optional flips) in every modality, drawn on the training device
+from a generator seeded by (seed, epoch, first row of the batch), so a resumed run sees the
+same augmentations.
+
+Missing modalities (an empty manifest cell): when a session this run uses lacks a modality,
+every batch carries ``"present": {modality: (B,) bool tensor}`` (the volume of a missing
+modality is zeros and must not be used); a cohort where every used session is complete serves
+batches without that key, exactly as before. :attr:`NeuroDataModule.incomplete_sessions`
+counts the sessions that lack one, for methods that cannot handle them to refuse.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +44,8 @@ from mmssl.errors import DataError
 from mmssl.settings import require
 
 __all__ = ["AugmentationSettings", "CohortDataset", "NeuroDataModule", "NeuroSettings"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,26 +90,37 @@ class NeuroSettings:
 
 
 class CohortDataset(Dataset[dict[str, Tensor]]):
-    """Rows of a cohort: modality volumes (1, D, H, W), label and (optionally) row index."""
+    """Rows of a cohort: modality volumes (1, D, H, W), label and (optionally) row index.
+
+    With ``present`` (modality -> ``bool`` ``(N_cohort,)``) every batch also carries
+    ``"present": {modality: (B,) bool tensor}``, whether each sample has that modality (its
+    volume is zeros when not).
+    """
 
     def __init__(self, volumes: Mapping[str, np.ndarray], rows: np.ndarray, labels: np.ndarray,
-                 *, with_index: bool = False) -> None:
+                 *, with_index: bool = False,
+                 present: Mapping[str, np.ndarray] | None = None) -> None:
         self.volumes = volumes
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = labels
         self.with_index = with_index
+        self.present = present
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {}
+        for key, value in self.__getitems__([index]).items():
+            item[key] = ({m: v[0] for m, v in value.items()} if isinstance(value, dict)
+                         else value[0])
+        return item
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A whole batch in one read per modality (rows sorted for the memmap)."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(rows)  # memmaps read fastest in file order
-        batch: dict[str, Tensor] = {}
+        batch: dict[str, Any] = {}
         for modality, volumes in self.volumes.items():
             data = np.empty((len(rows), *volumes.shape[1:]), dtype=np.float32)
             data[order] = volumes[rows[order]]
@@ -107,6 +128,9 @@ class CohortDataset(Dataset[dict[str, Tensor]]):
         batch["label"] = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.with_index:
             batch["index"] = torch.from_numpy(rows)
+        if self.present is not None:
+            batch["present"] = {m: torch.from_numpy(np.ascontiguousarray(mask[rows]))
+                                for m, mask in self.present.items()}
         return batch
 
 
@@ -182,17 +206,52 @@ class NeuroDataModule(MultimodalDataModule):
         in_set = {name: np.isin(subjects, ids) for name, ids in self.subject_sets.items()}
         self._rows["pretrain"] = np.flatnonzero(in_set["train"] | in_set["unlabelled"])
         for split in EVAL_SPLITS:
-            self._rows[split] = self._first_labelled_rows(np.flatnonzero(in_set[split]))
+            self._rows[split] = self._evaluation_rows(np.flatnonzero(in_set[split]))
+        self._log_missing()
 
-    def _first_labelled_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _evaluation_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per labelled subject, the first labelled session among those with the most
+        modalities present (sessions in (subject, session) order)."""
         assert self.cohort is not None
-        chosen: dict[str, int] = {}
+        chosen: dict[str, tuple[int, int]] = {}  # subject -> (modalities present, row)
         sessions = np.asarray(self.cohort.sessions).astype(str)
         subjects = np.asarray(self.cohort.subjects).astype(str)
+        count = sum((mask.astype(np.int64) for mask in self.cohort.present.values()),
+                    start=np.zeros(len(self.cohort), dtype=np.int64))
         for row in sorted(rows, key=lambda r: (subjects[r], sessions[r])):
-            if self.cohort.labels[row] >= 0 and subjects[row] not in chosen:
-                chosen[subjects[row]] = int(row)
-        return np.array(sorted(chosen.values()), dtype=np.int64)
+            if self.cohort.labels[row] < 0:
+                continue
+            best = chosen.get(subjects[row])
+            if best is None or count[row] > best[0]:
+                chosen[subjects[row]] = (int(count[row]), int(row))
+        return np.array(sorted(row for _, row in chosen.values()), dtype=np.int64)
+
+    def _used_rows(self) -> np.ndarray:
+        return np.unique(np.concatenate([self._rows[k] for k in ("pretrain", *EVAL_SPLITS)]))
+
+    def _log_missing(self) -> None:
+        assert self.cohort is not None
+        used = self._used_rows()
+        for m, mask in self.cohort.present.items():
+            lacking = int((~mask[used]).sum())
+            if lacking:
+                log.info("%d of the %d sessions this run uses lack %s (%d of %d pretraining "
+                         "sessions)", lacking, len(used), m,
+                         int((~mask[self._rows["pretrain"]]).sum()), len(self._rows["pretrain"]))
+
+    @property
+    def incomplete_sessions(self) -> int:
+        """How many sessions this run uses (pretraining or probes) lack a modality."""
+        self.require_setup()
+        assert self.cohort is not None
+        return int((~self.cohort.complete[self._used_rows()]).sum())
+
+    def presence(self) -> dict[str, np.ndarray] | None:
+        """The cohort's presence masks when a session this run uses lacks a modality, else
+        ``None`` (batches then carry no ``"present"``)."""
+        self.require_setup()
+        assert self.cohort is not None
+        return dict(self.cohort.present) if self.incomplete_sessions else None
 
     # -- properties used by training and evaluation -------------------------------------------
     @property
@@ -216,7 +275,8 @@ class NeuroDataModule(MultimodalDataModule):
         return self._rows[split]
 
     def splits_table(self) -> pd.DataFrame:
-        """One line per cohort row: subject, session, label, its subject set, its uses."""
+        """One line per cohort row: subject, session, label, ``present_<modality>`` (whether
+        the session has it) per modality, its subject set, its uses."""
         self.require_setup()
         assert self.cohort is not None
         subjects = np.asarray(self.cohort.subjects).astype(str)
@@ -225,6 +285,7 @@ class NeuroDataModule(MultimodalDataModule):
             "subject": subjects,
             "session": np.asarray(self.cohort.sessions).astype(str),
             "label": self.cohort.labels,
+            **{f"present_{m}": self.cohort.present[m] for m in self.modalities},
         })
         subject_set = {s: name for name, ids in self.subject_sets.items() for s in ids}
         table["subject_set"] = [subject_set[s] for s in subjects]
@@ -241,14 +302,14 @@ class NeuroDataModule(MultimodalDataModule):
     def _dataset(self, split: str, *, with_index: bool = False) -> CohortDataset:
         assert self.cohort is not None
         return CohortDataset(self.cohort.volumes, self.split_rows(split), self.cohort.labels,
-                             with_index=with_index)
+                             with_index=with_index, present=self.presence())
 
     def train_dataset(self) -> Dataset[dict[str, Tensor]]:
         """Every session of the training and unlabelled subjects, with their row index."""
         return self._dataset("pretrain", with_index=True)
 
     def eval_dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
-        """One unaugmented session per labelled subject of ``split``."""
+        """One unaugmented session per labelled subject of ``split`` (the most complete)."""
         return self._dataset(split)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -24,7 +24,10 @@ A cohort is described by a CSV file, one row per scan session, for example::
   label must be one of its names. The mapping used is recorded in :attr:`Manifest.label_mapping`.
 * One path column per modality, named by the caller (``modalities=("t1", "falff")``): a NIfTI
   file (``.nii`` or ``.nii.gz``) holding one 3-D volume (a 4-D file with exactly one volume is
-  accepted). Relative paths are relative to the manifest's folder; ``~`` is expanded.
+  accepted). Relative paths are relative to the manifest's folder; ``~`` is expanded. An
+  **empty cell means the modality is missing** for that session (e.g. no usable fMRI): it is
+  not a problem, and :attr:`ManifestRow.paths` holds only the modalities present. A row whose
+  every modality cell is empty is a problem ("no volume for any modality").
 * Any other column is a covariate (``age``, ``sex``, site, ...), kept per row as text and, in a
   :class:`Cohort`, as a :class:`pandas.DataFrame` column (numeric when every cell that is not
   missing, i.e. empty or ``NA``/``N/A``/``nan``/``None``, is a number).
@@ -34,12 +37,12 @@ subject, the column and the file (:class:`Problem`). By default any problem stop
 :class:`ManifestError` listing them all; ``on_bad_row="skip"`` (CLI ``--on-bad-row skip``) drops
 the rows that have problems, optionally writes them to a report CSV, and goes on with the rest.
 
-Checks on each volume (:func:`validate_volumes`): the file exists and is a NIfTI file that
+Checks on each volume present (:func:`validate_volumes`): the file exists and is a NIfTI file that
 nibabel can load *and* whose data can be read in full (a corrupt gzip stream or a truncated file
 is reported, not raised); it is 3-D, or 4-D with a single volume; its affine is finite and
 invertible; every voxel is finite (NaN and infinite voxels are counted); it is not constant (an
 empty map); its field of view overlaps the target grid at all. With ``strict_grid=True`` (the
-default) the modalities of one row must also share a voxel grid (shape equal, affines within
+default) the modalities present in one row must also share a voxel grid (shape equal, affines within
 1e-3), since the paired volumes of a session are expected to be co-registered; with
 ``strict_grid=False`` each volume is resampled to the target grid on its own, which is correct
 whenever every affine maps to MNI space.
@@ -201,7 +204,8 @@ class ManifestRow:
         subject: the subject identifier.
         session: the session identifier ("" when the manifest has none).
         label: the class, ``-1`` when unlabelled.
-        paths: modality -> absolute path of its volume.
+        paths: modality -> absolute path of its volume, for the modalities present only (an
+            empty manifest cell means the modality is missing for this session).
         covariates: every other column -> the cell's text.
     """
 
@@ -434,9 +438,7 @@ def parse_manifest(path: Path, modalities: Sequence[str],
         for m in mods:
             cell = cells[index[m]]
             if not cell:
-                problems.append(Problem(line, subject, m, "", f"empty path for modality {m}",
-                                        name))
-                continue
+                continue  # the modality is missing for this session
             p = Path(cell).expanduser()
             resolved = Path(os.path.normpath(p if p.is_absolute() else base / p))
             twin = next((other for other, q in paths.items() if q == resolved), None)
@@ -445,6 +447,10 @@ def parse_manifest(path: Path, modalities: Sequence[str],
                                         f"same file as column {twin}; each modality needs its "
                                         f"own volume", name))
             paths[m] = resolved
+        if not paths:
+            problems.append(Problem(line, subject, ", ".join(mods), "",
+                                    f"no volume for any modality: every path cell "
+                                    f"({', '.join(mods)}) is empty", name))
         covariates = {c: cells[index[c]] for c in covariate_columns}
         candidates.append(Candidate(line, subject, session, label_text, paths, covariates,
                                      problems))
@@ -539,9 +545,10 @@ def read_manifest(path: Path, modalities: Sequence[str], *,
     Raises:
         ManifestError: the file is missing, unreadable or not a CSV, has no ``subject`` column,
             lacks a modality's column or has duplicate column names (always), or, with
-            ``on_bad_row="error"``, any row has a problem (empty subject or path, duplicate
-            subject/session, unknown or non-integer label, wrong number of fields). All
-            problems are listed.
+            ``on_bad_row="error"``, any row has a problem (empty subject, every path cell
+            empty, duplicate subject/session, unknown or non-integer label, wrong number of
+            fields). All problems are listed; a single empty path cell is a missing modality,
+            not a problem.
     """
     check_on_bad_row(on_bad_row)
     manifest = parse_manifest(path, modalities, label_mapping).manifest

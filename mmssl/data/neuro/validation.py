@@ -1,13 +1,14 @@
 """Checks on every volume of a manifest before anything is preprocessed.
 
-Per row and modality (:func:`validate_volumes`): the file exists; it is ``.nii``/``.nii.gz``;
+Per row and modality present (an empty manifest cell is a missing modality: nothing to check)
+(:func:`validate_volumes`): the file exists; it is ``.nii``/``.nii.gz``;
 its header declares a size the file can hold (checked against the file's size, or the gzip
 stream's, and a limit, *before* a voxel is read: a 70-byte file claiming 1024³ voxels never
 allocates them); it loads, data included (a corrupt gzip stream or a truncated file is reported,
 not raised); it is 3-D, or 4-D with one volume; its affine is finite and invertible; every voxel
 is finite; it is not constant; its field of view overlaps the target grid. With
-``strict_grid`` the modalities of one row must share a voxel grid (shape equal, affines within
-1e-3), since the paired volumes of a session are expected to be co-registered.
+``strict_grid`` the modalities present in one row must share a voxel grid (shape equal, affines
+within 1e-3), since the paired volumes of a session are expected to be co-registered.
 """
 
 from __future__ import annotations
@@ -290,7 +291,11 @@ def row_volume_problems(line: int, subject: str, paths: Mapping[str, Path],
                          modalities: Sequence[str], inspections: Mapping[Path, Inspection],
                          grid: TargetGrid, strict_grid: bool, base: Path,
                          name: str) -> list[Problem]:
-    """The volume problems of one row, in modality order."""
+    """The volume problems of one row, in modality order.
+
+    Only the modalities in ``paths`` (those present) are checked; with ``strict_grid`` the
+    present ones are compared with the first present one.
+    """
     problems: list[Problem] = []
     usable: list[tuple[str, VolumeInfo]] = []
     for m in modalities:
@@ -331,12 +336,13 @@ def validate_volumes(manifest: Manifest, grid: TargetGrid, *, strict_grid: bool 
                      limit: int = MAX_VOLUME_BYTES) -> list[Problem]:
     """Open every volume of ``manifest.rows`` and list every problem (none: an empty list).
 
-    Per row and modality: the file exists; it is ``.nii``/``.nii.gz`` and loads, data included
-    (a corrupt gzip stream or a truncated file is a problem, not an exception); it is 3-D or
-    4-D with one volume; its affine is valid; all voxels are finite (NaN/inf counted); it is
-    not constant; its field of view overlaps ``grid``. With ``strict_grid`` the modalities of a
-    row must share one voxel grid (shape equal, affine entries within 1e-3): paired volumes of
-    one session are expected to be co-registered. Every volume is resampled onto ``grid``
+    Per row and modality present (``row.paths``; a missing modality has nothing to check): the
+    file exists; it is ``.nii``/``.nii.gz`` and loads, data included (a corrupt gzip stream or
+    a truncated file is a problem, not an exception); it is 3-D or 4-D with one volume; its
+    affine is valid; all voxels are finite (NaN/inf counted); it is not constant; its field of
+    view overlaps ``grid``. With ``strict_grid`` the modalities present in a row must share one
+    voxel grid (shape equal, affine entries within 1e-3): paired volumes of one session are
+    expected to be co-registered. Every volume is resampled onto ``grid``
     anyway, so ``strict_grid=False`` is sound when each affine maps to MNI space.
 
     Args:
