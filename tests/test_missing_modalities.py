@@ -453,7 +453,8 @@ def test_extract_split_encodes_only_present_rows_and_features_npz_keeps_the_mask
 @pytest.mark.parametrize("method", ["ae", "dccae", "rr_ae", "mmvae", "supervised"])
 def test_methods_that_cannot_handle_missing_modalities_refuse(method: str):
     config = cfg.resolve("neuro-quick", None, {"method": method,
-                                               "data.manifest": "/nowhere/manifest.csv"})
+                                               "data.manifest": "/nowhere/manifest.csv",
+                                               "cca.allow_small_batch": True})
     datamodule = SimpleNamespace(input_shapes={m: (1, 32, 32, 32) for m in MODS},
                                  num_classes=2, incomplete_sessions=7)
     with pytest.raises(ConfigError, match=rf"method {method} cannot train on sessions that "
@@ -548,8 +549,9 @@ def test_end_to_end_run_on_a_cohort_with_missing_falff(incomplete_cohort: Path, 
     assert main(["run", "--preset", "neuro-quick", "--manifest", str(incomplete_cohort),
                  "--out", str(out), *QUICK]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"val", "test"}
-    for per in metrics.values():
+    assert set(metrics) == {"val", "test", "checkpoint"}
+    assert metrics["checkpoint"]["choice"] == "best"
+    for per in (metrics["val"], metrics["test"]):
         assert set(per) == {"t1", "falff", "joint"}
         assert all(isinstance(v, float) for m in per.values() for v in m.values())
     rows = json.loads((out / "probe.json").read_text())["default"]["rows"]

@@ -29,7 +29,7 @@ from mmssl.errors import RunDirError
 from mmssl.evaluation.links import reduced_cca_links
 from mmssl.methods import METHODS, method_class
 from mmssl.objectives.taxonomy import Objective, ObjectiveError
-from mmssl.runs.evaluation import read_features
+from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import SweepDir
 
 __all__ = ["LINK_COLUMNS", "ClaimsReport", "check_sweep", "claims_from_files", "claims_markdown",
@@ -54,10 +54,13 @@ def link_row(record: RunRecord, *, permutations: int = 100,
              components: int = 3) -> dict[str, Any]:
     """Held-out canonical correlations between the first two modalities of one run."""
     features, _ = read_features(record.run.features)
+    presence = read_presence(record.run.features)
     modalities = list(features["train"])[:2]
+    rows = {split: np.all([presence[split][m] for m in modalities], axis=0)
+            for split in ("train", "test")}  # complete sessions only
     result, _, _ = reduced_cca_links(
-        {m: features["train"][m] for m in modalities},
-        {m: features["test"][m] for m in modalities},
+        {m: features["train"][m][rows["train"]] for m in modalities},
+        {m: features["test"][m][rows["test"]] for m in modalities},
         n_components=components, n_permutations=permutations, seed=record.seed)
     return {"model": record.model, "fold": record.fold, "seed": record.seed,
             "first": float(result.test_correlations[0]),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mmssl import io
@@ -25,7 +26,7 @@ from mmssl.analysis.figures import fold_scores, training_curves, tsne_figure
 from mmssl.analysis.records import load_records, scores_frame
 from mmssl.analysis.tables import Table, metrics_table, results_table
 from mmssl.errors import RunDirError
-from mmssl.runs.evaluation import read_features
+from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import RunDir, SweepDir
 
 __all__ = ["Section", "build_report", "render"]
@@ -79,7 +80,10 @@ def run_sections(run: RunDir) -> list[Section]:
     if run.features.is_file():
         features, labels = read_features(run.features)
         if "test" in features and "test" in labels:
-            tsne = tsne_figure(features["test"], labels["test"], run.report_figures / "tsne.png")
+            presence = read_presence(run.features)["test"]
+            complete = np.all(list(presence.values()), axis=0)  # sessions with every modality
+            tsne = tsne_figure({m: v[complete] for m, v in features["test"].items()},
+                               labels["test"][complete], run.report_figures / "tsne.png")
             if tsne:
                 sections.append(Section("Test representations", figures=[
                     (tsne, "t-SNE of test representations by label")]))

@@ -10,12 +10,15 @@ Three kinds of per-subject map, each a volume on the run's grid (the input's MNI
   volume (signed; patients' attributions sit where they differ from the typical brain).
 
 Maps of a split are computed once and kept in ``saliency/maps/<split>/<modality>-<method>.npy``
-(float16) with their subjects in ``saliency/maps/<split>/subjects.csv``.
+(float16) with their subjects in ``saliency/maps/<split>/<modality>-subjects.csv``: the
+subjects whose session has that modality (an incomplete cohort maps each modality where it is
+present).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,26 +104,40 @@ class BrainRun:
         return list(self.loaded.config.modalities)
 
     # -- subjects ----------------------------------------------------------------------------
-    def rows(self, split: str) -> np.ndarray:
-        """Cohort rows of a split's evaluation subjects (``all``: train, val and test)."""
+    def _split_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in SPLITS:
             raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
         module = self.loaded.datamodule
-        if split == "all":
-            return np.concatenate([module.split_rows(s) for s in ("train", "val", "test")])
-        return np.asarray(module.split_rows(split))
+        parts = ("train", "val", "test") if split == "all" else (split,)
+        rows = [np.asarray(module.split_rows(s)) for s in parts]
+        return np.concatenate(rows), np.concatenate([np.full(len(r), s)
+                                                     for r, s in zip(rows, parts, strict=True)])
 
-    def subjects(self, split: str) -> pd.DataFrame:
-        """One row per subject of the split: subject, session, label, split and covariates."""
+    def complete(self, split: str, modalities: Sequence[str]) -> np.ndarray:
+        """Which of a split's evaluation rows have every one of ``modalities`` (bool)."""
+        rows, _ = self._split_rows(split)
+        present = getattr(self.loaded.datamodule.cohort, "present", None) or {}
+        keep = np.ones(len(rows), dtype=bool)
+        for modality in modalities:
+            if modality in present:
+                keep &= np.asarray(present[modality])[rows]
+        return keep
+
+    def rows(self, split: str, modalities: Sequence[str] = ()) -> np.ndarray:
+        """Cohort rows of a split's evaluation subjects that have ``modalities`` (``all``:
+        train, val and test)."""
+        rows, _ = self._split_rows(split)
+        return rows[self.complete(split, modalities)]
+
+    def subjects(self, split: str, modalities: Sequence[str] = ()) -> pd.DataFrame:
+        """One row per subject of :meth:`rows`: subject, session, label, split, covariates."""
         cohort = self.loaded.datamodule.cohort
-        rows = self.rows(split)
-        names = {"train": "train", "val": "val", "test": "test"}
-        which = np.concatenate([np.full(len(self.loaded.datamodule.split_rows(s)), names[s])
-                                for s in ("train", "val", "test")]) if split == "all" else \
-            np.full(len(rows), split)
+        all_rows, which = self._split_rows(split)
+        keep = self.complete(split, modalities)
+        rows = all_rows[keep]
         table = pd.DataFrame({"subject": np.asarray(cohort.subjects)[rows],
                               "session": np.asarray(cohort.sessions)[rows],
-                              "label": np.asarray(cohort.labels)[rows], "split": which})
+                              "label": np.asarray(cohort.labels)[rows], "split": which[keep]})
         covariates = cohort.covariates.iloc[rows].reset_index(drop=True)
         return pd.concat([table, covariates], axis=1)
 
@@ -131,11 +148,11 @@ class BrainRun:
         order = np.argsort(np.argsort(rows))
         return torch.from_numpy(array[order]).unsqueeze(1)
 
-    def latent_values(self, split: str) -> dict[str, np.ndarray]:
+    def latent_values(self, split: str, modalities: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Planted latent values (severity, coupling) of a split's subjects, if simulated."""
         if self.truth is None:
             return {}
-        table = self.subjects(split)
+        table = self.subjects(split, modalities)
         return {name: self.truth.values(name, table["subject"], table["session"]).astype(float)
                 for name in ("severity", "coupling") if name in self.truth.subjects.columns}
 
@@ -176,12 +193,12 @@ class BrainRun:
             raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
         folder = self.run.saliency / "maps" / split
         path = folder / f"{modality}-{settings.key(method)}.npy"
-        subjects = self.subjects(split)
+        subjects = self.subjects(split, [modality])
         if path.is_file():
             cached = np.load(path, allow_pickle=False)
             if len(cached) == len(subjects):
                 return cached.astype(np.float32)
-        rows = self.rows(split)
+        rows = self.rows(split, [modality])
         encoder = self.loaded.model.probe_encoders()[""][modality].to(self.loaded.device)
         device = self.loaded.device
         maps = []
@@ -190,7 +207,7 @@ class BrainRun:
             latents = self.features["train"][modality]
             units = select_units(latents, settings.units)
         elif method == "ig":
-            baseline = self.volumes(self.rows("train"), modality).mean(0).to(device)
+            baseline = self.volumes(self.rows("train", [modality]), modality).mean(0).to(device)
         for start in range(0, len(rows), settings.batch_size):
             x = self.volumes(rows[start:start + settings.batch_size], modality).to(device)
             if method == "latent":
@@ -208,7 +225,7 @@ class BrainRun:
             maps.append(chunk.detach().float().cpu().numpy())
         result = np.concatenate(maps) * self.brain
         io.save_npy(path, result.astype(np.float16))
-        io.write_text(folder / "subjects.csv", subjects.to_csv(index=False))
+        io.write_text(folder / f"{modality}-subjects.csv", subjects.to_csv(index=False))
         return result.astype(np.float32)
 
 

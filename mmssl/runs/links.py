@@ -39,15 +39,17 @@ from mmssl.evaluation.links import canonical_variate, reduced_cca_links, residua
 from mmssl.evaluation.plots import canonical_scatter, paired_maps
 from mmssl.evaluation.saliency import LinearReadout, integrated_gradients, localisation_auc
 from mmssl.runs.brainrun import BrainRun, open_brain_run
-from mmssl.runs.evaluation import read_features
+from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import RunDir
 
 __all__ = ["run_links"]
 
 
-def _confound_matrix(brain_run: BrainRun, split: str, names: Sequence[str]) -> np.ndarray:
-    """Label plus the named covariates of a split, numeric (categories one-hot)."""
-    subjects = brain_run.subjects(split)
+def _confound_matrix(brain_run: BrainRun, split: str, names: Sequence[str],
+                     pair: Sequence[str]) -> np.ndarray:
+    """Label plus the named covariates of a split's complete rows, numeric (categories
+    one-hot)."""
+    subjects = brain_run.subjects(split, pair)
     columns = [subjects["label"].astype(float)]
     for name in names:
         if name not in subjects.columns or subjects[name].isna().any():
@@ -81,16 +83,20 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
                          f"{config.modalities}; got {pair}")
     neuro = config.data.dataset == "neuro"
     brain_run = open_brain_run(out, device=device) if neuro else None
-    train = {m: features["train"][m] for m in pair}
-    test = {m: features["test"][m] for m in pair}
+    presence = read_presence(run.features)
+    complete = {split: np.all([presence[split][m] for m in pair], axis=0)
+                for split in ("train", "test")}
+    train = {m: features["train"][m][complete["train"]] for m in pair}
+    test = {m: features["test"][m][complete["test"]] for m in pair}
+    test_labels = labels["test"][complete["test"]]
     names: list[str] = []
     if confounds != "none" and (neuro or confounds != "auto"):
         if brain_run is None:
             raise RunDirError("--confounds needs the covariates of a neuroimaging run")
         names = ["age", "sex", "site"] if confounds == "auto" else [
             c.strip() for c in confounds.split(",") if c.strip()]
-        c_train = _confound_matrix(brain_run, "train", names)
-        c_test = _confound_matrix(brain_run, "test", names)
+        c_train = _confound_matrix(brain_run, "train", names, pair)
+        c_test = _confound_matrix(brain_run, "test", names, pair)
         train, test = residualise(train, test, c_train, c_test)
     result, reducers, reduced_test = reduced_cca_links(
         train, test, pca=pca, n_components=components, n_permutations=permutations,
@@ -104,13 +110,13 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
         "significant": significant, "maps": {}, "figures": [],
     }
     variates = {m: result.transform(m, reduced_test[m]) for m in pair}
-    scatter = canonical_scatter(variates, labels["test"], pair,
+    scatter = canonical_scatter(variates, test_labels, pair,
                                 run.links / "component0_scatter.png")
     report["figures"].append(run.relative(scatter))
     if brain_run is None:
         io.write_json(run.links_summary, report)
         return report
-    rows = _link_rows(brain_run, result, reducers, variates, labels["test"], significant or [0],
+    rows = _link_rows(brain_run, result, reducers, variates, test_labels, significant or [0],
                       pair, report, steps=steps, batch_size=batch_size)
     io.write_text(run.links / "links.csv", pd.DataFrame(rows).to_csv(index=False))
     report["table"] = rows
@@ -119,12 +125,12 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     return report
 
 
-def _variate_map(brain_run: BrainRun, modality: str, readout: LinearReadout,
-                 steps: int, batch_size: int) -> np.ndarray:
+def _variate_map(brain_run: BrainRun, modality: str, pair: Sequence[str],
+                 readout: LinearReadout, steps: int, batch_size: int) -> np.ndarray:
     """Mean |IG| of a canonical variate over the test subjects, from the training mean."""
     device = brain_run.loaded.device
-    baseline = brain_run.volumes(brain_run.rows("train"), modality).mean(0).to(device)
-    rows = brain_run.rows("test")
+    baseline = brain_run.volumes(brain_run.rows("train", [modality]), modality).mean(0).to(device)
+    rows = brain_run.rows("test", pair)
     total = np.zeros(brain_run.grid.shape)
     for start in range(0, len(rows), batch_size):
         x = brain_run.volumes(rows[start:start + batch_size], modality).to(device)
@@ -143,8 +149,8 @@ def _link_rows(brain_run: BrainRun, result: Any, reducers: dict[str, Any],
     encoders = brain_run.loaded.model.probe_encoders()[""]
     coupling = brain_run.truth_masks("coupling")
     effect = brain_run.truth_masks("effect")
-    latents = brain_run.latent_values("test")
-    subjects = brain_run.subjects("test")
+    latents = brain_run.latent_values("test", pair)
+    subjects = brain_run.subjects("test", pair)
     rows = []
     for component in components:
         row: dict[str, Any] = {"component": component + 1,
@@ -160,7 +166,7 @@ def _link_rows(brain_run: BrainRun, result: Any, reducers: dict[str, Any],
                 weights = pca_model.components_.T @ (weights / scale)
                 mean, scale = pca_model.mean_, np.ones_like(pca_model.mean_)
             readout = LinearReadout(encoders[modality], mean, scale, weights)
-            volume = _variate_map(brain_run, modality, readout, steps, batch_size)
+            volume = _variate_map(brain_run, modality, pair, readout, steps, batch_size)
             volumes[modality] = volume
             path = run.links / f"component{component}_{modality}.nii.gz"
             io.save_nifti(path, volume, brain_run.grid.affine)

@@ -54,8 +54,9 @@ def planted_rank(table: pd.DataFrame, column: str, planted: Sequence[str]) -> in
     return None
 
 
-def _covariates(brain_run: BrainRun, split: str, names: Sequence[str]) -> pd.DataFrame | None:
-    subjects = brain_run.subjects(split)
+def _covariates(brain_run: BrainRun, split: str, names: Sequence[str],
+                modality: str) -> pd.DataFrame | None:
+    subjects = brain_run.subjects(split, [modality])
     present = [n for n in names if n in subjects.columns and subjects[n].notna().all()
                and subjects[n].nunique() > 1]
     return subjects[present].reset_index(drop=True) if present else None
@@ -81,7 +82,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     subjects = brain_run.subjects(split)
     labels = subjects["label"].to_numpy()
     keep = labels >= 0
-    design = _covariates(brain_run, split, covariates)
+    design = _covariates(brain_run, split, covariates, brain_run.modalities[0])
     truth = brain_run.truth_masks("effect")
     planted = (brain_run.truth.regions if brain_run.truth is not None else {})
     clusters, summaries = [], []
@@ -93,6 +94,9 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     }
     for modality in brain_run.modalities:
         modality_started = time.perf_counter()
+        labels = brain_run.subjects(split, [modality])["label"].to_numpy()
+        keep = labels >= 0
+        design = _covariates(brain_run, split, covariates, modality)
         maps = brain_run.maps(modality, method, split, settings)[keep]
         test = voxelwise_group_test(
             maps, labels[keep], design.loc[keep].reset_index(drop=True) if design is not None

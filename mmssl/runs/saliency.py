@@ -49,14 +49,15 @@ def run_saliency(out: Path, *, split: str = "test", methods: Sequence[str] = MET
     brain_run = open_brain_run(out, device=device)
     run = brain_run.run
     subjects = brain_run.subjects(split)
-    labels = subjects["label"].to_numpy()
     truth = brain_run.truth_masks("effect")
     report: dict[str, Any] = {"split": split, "subjects": int(len(subjects)),
-                              "patients": int((labels == 1).sum()),
+                              "patients": int((subjects["label"] == 1).sum()),
                               "settings": settings.__dict__, "modalities": {}}
     figures: list[str] = []
     for modality in brain_run.modalities:
-        entry: dict[str, Any] = {"maps": {}, "localisation_auc": {}, "seconds": {}}
+        labels = brain_run.subjects(split, [modality])["label"].to_numpy()
+        entry: dict[str, Any] = {"maps": {}, "localisation_auc": {}, "seconds": {},
+                                 "subjects": int(len(labels))}
         for method in methods:
             started = time.perf_counter()
             maps = brain_run.maps(modality, method, split, settings)
