@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from mmssl import io
-from mmssl.analysis.aggregate import headline_metric
+from mmssl.analysis.aggregate import columns_of, headline_metric, summarise
 from mmssl.analysis.claim_rules import ModelInfo, Verdict, evaluate_claims
 from mmssl.analysis.records import RunRecord, load_records, model_info, read_scores, scores_frame
-from mmssl.analysis.tables import Table
+from mmssl.analysis.tables import Table, results_table
 from mmssl.errors import RunDirError
 from mmssl.evaluation.links import reduced_cca_links
 from mmssl.methods import METHODS, method_class
@@ -48,6 +48,8 @@ class ClaimsReport:
     runs: int
     models: list[str]
     alpha: float
+    #: the long scores table the verdicts were decided on
+    scores: pd.DataFrame | None = None
 
 
 def link_row(record: RunRecord, *, permutations: int = 100,
@@ -100,7 +102,7 @@ def _decide(scores: pd.DataFrame, models: dict[str, ModelInfo], links: pd.DataFr
     verdicts = evaluate_claims(scores, models, links, alpha=alpha, seed=seed)
     runs = scores[["model", "fold", "seed"]].drop_duplicates()
     return ClaimsReport(verdicts, headline_metric(scores), len(runs),
-                        list(dict.fromkeys(scores["model"])), alpha)
+                        list(dict.fromkeys(scores["model"])), alpha, scores)
 
 
 def check_sweep(sweep: SweepDir, *, permutations: int = 100, alpha: float = 0.05,
@@ -142,9 +144,16 @@ def claims_table(report: ClaimsReport, title: str) -> Table:
                  text_columns=("claim", "verdict", "evidence"))
 
 
-def claims_markdown(report: ClaimsReport, title: str) -> str:
-    """The verdicts as Markdown: the table, then each comparison."""
-    lines = [f"# {title}", "", claims_table(report, title).to_markdown()]
+def claims_markdown(report: ClaimsReport, title: str, *, heading: str = "#",
+                    results: bool = False) -> str:
+    """The verdicts as Markdown: (with ``results``) the mean ± std test scores per model, the
+    verdict table, then each comparison. ``heading`` is the Markdown level of the title."""
+    lines = [f"{heading} {title}", ""]
+    if results and report.scores is not None:
+        frame = report.scores
+        table = results_table(summarise(frame), columns_of(frame), report.metric, "scores")
+        lines += [table.to_markdown(), ""]
+    lines.append(claims_table(report, title).to_markdown())
     for verdict in report.verdicts:
         if verdict.comparisons:
             lines.append(f"**Claim {verdict.claim_id}** — " + "; ".join(

@@ -108,6 +108,20 @@ def cmd_claims(args: Any) -> int:
     )
     from mmssl.runs.rundir import SweepDir
 
+    if args.refresh or args.check:
+        from mmssl.analysis.reproduction import refresh_document
+
+        document = Path(args.refresh or args.check)
+        changed = refresh_document(document, check=bool(args.check))
+        if args.check and changed:
+            console.print(f"{document}: generated blocks differ from their results files: "
+                          + "; ".join(changed) + f" (run `mmssl claims --refresh {document}`)",
+                          soft_wrap=True)
+            return 1
+        said = ("up to date" if not changed else
+                ("refreshed: " + "; ".join(changed)))
+        console.print(f"{document}: {said}", soft_wrap=True)
+        return 0
     if args.scores:
         report = claims_from_files([Path(p) for p in args.scores],
                                    [Path(p) for p in args.links or []], alpha=args.alpha)
@@ -190,6 +204,12 @@ def claims_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
     parser.add_argument("--permutations", type=int, default=100,
                         help="permutations of the held-out link p-values")
+    parser.add_argument("--refresh", type=str | None, default=None,
+                        help="recompute the generated blocks of this Markdown file "
+                             "(e.g. REPRODUCTION.md) from the results files they name")
+    parser.add_argument("--check", type=str | None, default=None,
+                        help="exit 1 if a generated block of this Markdown file differs from "
+                             "what its results files give")
 
 
 def generate_parser(parser: ArgumentParser) -> None:

@@ -1,0 +1,124 @@
+"""Generated blocks of a Markdown document: verdicts that can be traced to committed files.
+
+``REPRODUCTION.md`` is prose written by people around tables written by :mod:`mmssl`. Every
+table of scores and verdicts sits in a *generated block*::
+
+    <!-- BEGIN mmssl claims --scores results/mnist/scores.csv --links results/mnist/links.csv -->
+    ... (written by `mmssl claims --refresh REPRODUCTION.md`; never edited by hand)
+    <!-- END mmssl claims -->
+
+The arguments after ``BEGIN mmssl claims`` are those of ``mmssl claims`` (``--scores`` and
+``--links`` repeatable, ``--alpha``, ``--title``), with paths relative to the document's folder.
+:func:`refresh_document` recomputes every block from the files it names
+(:func:`~mmssl.analysis.claims.claims_from_files`: the mean ± std test scores per model, the
+verdicts with p-values, intervals and the number of paired runs) and rewrites the document
+atomically; with ``check`` it rewrites nothing and returns the blocks whose text differs, which
+is how a test keeps the committed verdicts equal to what the committed results give.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmssl import io
+from mmssl.analysis.claims import claims_from_files, claims_markdown
+from mmssl.errors import ConfigError
+
+__all__ = ["BLOCK", "BlockSpec", "parse_block_arguments", "refresh_document", "render_block"]
+
+#: A generated block: its arguments, its body and the closing marker.
+BLOCK = re.compile(r"(?P<open><!-- BEGIN mmssl claims (?P<args>[^\n]*?) -->\n)"
+                   r"(?P<body>.*?)(?P<close><!-- END mmssl claims -->)", re.S)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What one generated block is computed from (paths relative to the document)."""
+
+    scores: tuple[str, ...]
+    links: tuple[str, ...] = ()
+    alpha: float = 0.05
+    title: str = "The paper's claims"
+
+
+def parse_block_arguments(text: str, where: str) -> BlockSpec:
+    """The :class:`BlockSpec` of a block's argument string (``mmssl claims`` flags).
+
+    Raises:
+        ConfigError: an unknown flag, a flag without its value, or no ``--scores``, naming
+            ``where`` (the document and block number).
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise ConfigError(f"{where}: cannot parse the block's arguments {text!r}: {error}") \
+            from None
+    scores: list[str] = []
+    links: list[str] = []
+    alpha, title = 0.05, BlockSpec.title
+    position = 0
+    while position < len(words):
+        flag = words[position]
+        if flag not in ("--scores", "--links", "--alpha", "--title"):
+            raise ConfigError(f"{where}: unknown argument {flag!r}; a generated block takes "
+                              "--scores FILE (repeatable), --links FILE, --alpha A, --title T")
+        if position + 1 >= len(words):
+            raise ConfigError(f"{where}: {flag} needs a value")
+        value = words[position + 1]
+        if flag == "--scores":
+            scores.append(value)
+        elif flag == "--links":
+            links.append(value)
+        elif flag == "--title":
+            title = value
+        else:
+            try:
+                alpha = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: --alpha expects a number, got {value!r}") from None
+        position += 2
+    if not scores:
+        raise ConfigError(f"{where}: a generated block needs at least one --scores FILE")
+    return BlockSpec(tuple(scores), tuple(links), alpha, title)
+
+
+def render_block(spec: BlockSpec, base: Path) -> str:
+    """The body of a block: results table, verdicts and comparisons, from the named files."""
+    report = claims_from_files([base / p for p in spec.scores], [base / p for p in spec.links],
+                               alpha=spec.alpha)
+    sources = ", ".join(f"`{p}`" for p in (*spec.scores, *spec.links))
+    text = claims_markdown(report, spec.title, heading="####", results=True)
+    return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n"
+
+
+def refresh_document(path: Path, *, check: bool = False) -> list[str]:
+    """Recompute every generated block of ``path``; the titles of the blocks that changed.
+
+    With ``check`` nothing is written. Raises :class:`ConfigError` when the document has no
+    block, or a ``BEGIN`` marker without its ``END``.
+    """
+    text = Path(path).read_text()
+    if text.count("<!-- BEGIN mmssl claims") != text.count("<!-- END mmssl claims -->"):
+        raise ConfigError(f"{path}: every '<!-- BEGIN mmssl claims … -->' needs its "
+                          "'<!-- END mmssl claims -->'")
+    blocks = list(BLOCK.finditer(text))
+    if not blocks:
+        raise ConfigError(f"{path} has no generated block ('<!-- BEGIN mmssl claims "
+                          "--scores FILE -->' … '<!-- END mmssl claims -->')")
+    changed: list[str] = []
+    pieces: list[str] = []
+    last = 0
+    for number, block in enumerate(blocks, start=1):
+        spec = parse_block_arguments(block["args"], f"{path}, generated block {number}")
+        body = render_block(spec, Path(path).parent)
+        if body != block["body"]:
+            changed.append(spec.title)
+        pieces += [text[last:block.start()], block["open"], body, block["close"]]
+        last = block.end()
+    pieces.append(text[last:])
+    if changed and not check:
+        io.write_text(Path(path), "".join(pieces))
+    return changed

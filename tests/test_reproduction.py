@@ -1,0 +1,119 @@
+"""Generated blocks of REPRODUCTION.md: recomputed from committed results files, and checked.
+
+The last test is the one that matters to a reader: every verdict and score table of the
+committed ``REPRODUCTION.md`` equals what ``mmssl claims`` gives on the committed files under
+``results/`` (so no number in it is typed by hand, and none goes stale).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmssl.analysis.claims import check_sweep
+from mmssl.analysis.reproduction import parse_block_arguments, refresh_document
+from mmssl.cli import main
+from mmssl.errors import ConfigError
+from mmssl.runs.rundir import SweepDir
+from tests.test_claims import supportive_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A document folder with committed-style ``results/demo/{scores,links}.csv``."""
+    root = tmp_path_factory.mktemp("doc")
+    sweep = root / "sweep"
+    supportive_sweep(sweep)
+    check_sweep(SweepDir(sweep), permutations=30)
+    committed = root / "results" / "demo"
+    committed.mkdir(parents=True)
+    for name in ("scores.csv", "links.csv"):
+        (committed / name).write_bytes((sweep / name).read_bytes())
+    return root
+
+
+BEGIN = ("<!-- BEGIN mmssl claims --scores results/demo/scores.csv "
+         '--links results/demo/links.csv --title "Demo sweep" -->')
+DOCUMENT = f"""# Reproduction
+
+Prose written by people.
+
+{BEGIN}
+stale text
+<!-- END mmssl claims -->
+
+More prose.
+"""
+
+
+def test_refresh_fills_blocks_from_the_files_and_keeps_the_prose(results: Path) -> None:
+    document = results / "REPRODUCTION.md"
+    document.write_text(DOCUMENT)
+    assert refresh_document(document, check=True) == ["Demo sweep"]
+    assert document.read_text() == DOCUMENT  # check writes nothing
+    assert refresh_document(document) == ["Demo sweep"]
+    text = document.read_text()
+    assert text.startswith("# Reproduction\n\nProse written by people.\n")
+    assert text.endswith("<!-- END mmssl claims -->\n\nMore prose.\n")
+    assert "stale text" not in text
+    assert "#### Demo sweep" in text
+    assert "| XX | " in text and " ± " in text  # the scores table
+    assert "| 1. multimodal beats unimodal | supported |" in text
+    assert "`results/demo/scores.csv`" in text
+    assert refresh_document(document, check=True) == []  # now up to date
+
+
+def test_a_changed_results_file_makes_the_block_stale(results: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    (copy / "results" / "demo").mkdir(parents=True)
+    for name in ("scores.csv", "links.csv"):
+        (copy / "results" / "demo" / name).write_bytes(
+            (results / "results" / "demo" / name).read_bytes())
+    document = copy / "REPRODUCTION.md"
+    document.write_text(DOCUMENT)
+    refresh_document(document)
+    scores = copy / "results" / "demo" / "scores.csv"
+    lines = scores.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if ",test," in line)
+    cells = lines[row].split(",")
+    cells[7] = f"{float(cells[7]) + 0.05:.6f}"  # one test score edited by hand
+    lines[row] = ",".join(cells)
+    scores.write_text("\n".join(lines) + "\n")
+    assert refresh_document(document, check=True) == ["Demo sweep"]
+
+
+def test_command_line_refresh_and_check(results: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(results)
+    Path("CHECK.md").write_text(DOCUMENT)
+    assert main(["claims", "--check", "CHECK.md"]) == 1
+    assert "mmssl claims --refresh CHECK.md" in " ".join(capsys.readouterr().out.split())
+    assert main(["claims", "--refresh", "CHECK.md"]) == 0
+    assert main(["claims", "--check", "CHECK.md"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ("--links x.csv", "needs at least one --scores"),
+    ("--scores", "--scores needs a value"),
+    ("--scores a.csv --alpha high", "--alpha expects a number"),
+    ("--scores a.csv --bogus 1", "unknown argument '--bogus'"),
+    ("--scores 'a.csv", "cannot parse"),
+])
+def test_bad_block_arguments_are_named(arguments: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_block_arguments(arguments, "DOC.md, generated block 1")
+
+
+def test_unbalanced_or_missing_blocks_are_errors(tmp_path: Path) -> None:
+    document = tmp_path / "D.md"
+    document.write_text("<!-- BEGIN mmssl claims --scores a.csv -->\nno end\n")
+    with pytest.raises(ConfigError, match="needs its"):
+        refresh_document(document)
+    document.write_text("just prose\n")
+    with pytest.raises(ConfigError, match="no generated block"):
+        refresh_document(document)
+
