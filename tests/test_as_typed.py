@@ -112,3 +112,44 @@ def test_sweep_claims_report_with_relative_paths(project: Path) -> None:
 def test_default_out_is_relative_to_the_working_directory(project: Path) -> None:
     ok(mmssl(project, "run", *TINY, "--data-dir", "data/mnist", "--objective", "RR"))
     assert (project / "runs" / "RR-seed343-fold0" / "metrics.json").exists()
+
+
+def test_from_bids_to_a_trained_run_with_relative_paths(tmp_path: Path) -> None:
+    """The fMRIPrep user's route, typed from the project folder: a BIDS layout, fALFF computed
+    from its preprocessed series, a manifest paired from it, and a run on that manifest."""
+    import nibabel as nib
+    import numpy as np
+
+    ok(mmssl(tmp_path, "simulate", "--out", "cohort", "--subjects", "12", "--voxel-size", "8",
+             "--bids", "true", "--bold-timepoints", "40"))
+    derivatives = tmp_path / "cohort" / "bids" / "derivatives" / "falff"
+    simulated = {p.relative_to(derivatives): np.asarray(nib.load(p).dataobj)
+                 for p in sorted(derivatives.rglob("*.nii.gz"))}
+    assert len(simulated) == 12
+    shutil.rmtree(derivatives)
+
+    # The simulator's series are exactly periodic, so without detrending the computed maps are
+    # its ground truth; the default linear detrend (what real, drifting series need) moves them.
+    output = ok(mmssl(tmp_path, "falff", "cohort/bids", "--detrend", "mean"))
+    assert "12 written" in output
+    for relative, expected in simulated.items():
+        computed = np.asarray(nib.load(derivatives / relative).dataobj)
+        np.testing.assert_allclose(computed, expected, rtol=0, atol=1e-4)
+    ok(mmssl(tmp_path, "falff", "cohort/bids", "--overwrite"))
+    for relative, expected in simulated.items():
+        computed = np.asarray(nib.load(derivatives / relative).dataobj)
+        inside = expected > 0
+        assert not np.allclose(computed[inside], expected[inside], atol=1e-4)
+        assert np.corrcoef(computed[inside], expected[inside])[0, 1] > 0.8
+
+    ok(mmssl(tmp_path, "manifest", "cohort/bids", "--out", "manifest.csv"))
+    lines = (tmp_path / "manifest.csv").read_text().splitlines()
+    assert lines[0].split(",")[:5] == ["subject", "session", "label", "t1", "falff"]
+    assert len(lines) == 13
+    assert all(not line.split(",")[3].startswith("/") for line in lines[1:])  # relative paths
+
+    ok(mmssl(tmp_path, "run", "--preset", "neuro-quick", "--manifest", "manifest.csv",
+             "--epochs", "1", "--batch-size", "4", "--set", "model.width=4",
+             "--set", "trainer.progress_bar=false", "--out", "runs/bids"))
+    metrics = json.loads((tmp_path / "runs" / "bids" / "metrics.json").read_text())
+    assert {"t1", "falff"} <= set(metrics["test"])

@@ -6,7 +6,7 @@ once, without loading torch and Lightning."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ArgumentParser
 from rich.table import Table as RichTable
@@ -60,14 +60,16 @@ def cmd_falff(args: Any) -> int:
     source = Path(args.source)
     if source.is_dir():
         outputs = falff_for_bids(source, bold_pipeline=args.bold_pipeline, task=args.task,
-                                 low=args.low, high=args.high, overwrite=args.overwrite)
+                                 low=args.low, high=args.high, detrend=args.detrend == "linear",
+                                 overwrite=args.overwrite)
         written = sum(o.status == "written" for o in outputs)
         console.print(f"fALFF maps: {written} written, {len(outputs) - written} already there "
                       f"(in {source / 'derivatives' / 'falff'})", soft_wrap=True)
         return 0
     if not args.out:
         raise ConfigError("--out FILE.nii.gz is needed when the source is one BOLD series")
-    image = compute_falff(source, args.mask, tr=args.tr, low=args.low, high=args.high)
+    image = compute_falff(source, args.mask, tr=args.tr, low=args.low, high=args.high,
+                          detrend=args.detrend == "linear")
     io.save_image(Path(args.out), image)
     console.print(f"fALFF map: {args.out}", soft_wrap=True)
     return 0
@@ -257,6 +259,9 @@ def falff_parser(parser: ArgumentParser) -> None:
                         help="repetition time in s (default: sidecar JSON or header)")
     parser.add_argument("--low", type=float, default=0.01, help="band low edge, Hz")
     parser.add_argument("--high", type=float, default=0.08, help="band high edge, Hz")
+    parser.add_argument("--detrend", type=Literal["linear", "mean"], default="linear",
+                        help="before the transform, remove the least-squares line (linear) or "
+                        "only the mean")
     parser.add_argument("--bold-pipeline", type=str, default="fmriprep")
     parser.add_argument("--task", type=str, default="rest")
     parser.add_argument("--overwrite", action="store_true")
