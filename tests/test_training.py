@@ -129,3 +129,15 @@ def test_resume_refuses_a_different_configuration(tiny_mnist_dir, tmp_path):
         pretrain(other, tmp_path / "run", resume=True)
     with pytest.raises(RunDirError, match="no config.yaml"):
         pretrain(None, tmp_path / "nothing", resume=True)
+
+
+def test_a_best_checkpoint_from_the_first_epochs_is_flagged():
+    from mmssl.runs.evaluation import early_best_note
+
+    note = early_best_note("best", 1, 15)
+    assert note is not None and "epoch 1 of 15" in note and "trainer.checkpoint=last" in note
+    assert early_best_note("best", 3, 15) is not None  # within the first fifth
+    assert early_best_note("best", 4, 15) is None
+    assert early_best_note("best", 1, 4) is None  # too short a run to tell
+    assert early_best_note("last", 1, 15) is None
+    assert early_best_note("best", None, 15) is None

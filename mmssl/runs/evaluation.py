@@ -170,10 +170,32 @@ def evaluate(out: Path, *, device: str | None = None, command: str = "pretrain"
             "choice": config.trainer.checkpoint, "file": run.relative(checkpoint),
             "epoch": record.get("best_epoch") if config.trainer.checkpoint == "best"
             else record.get("epochs")}
+        note = early_best_note(config.trainer.checkpoint, record.get("best_epoch"),
+                               record.get("epochs"))
+        if note:
+            metrics["checkpoint"]["note"] = note
+            log.warning("%s", note)
         io.write_json(run.metrics, metrics)
         log.info("evaluated %s (%s checkpoint): %s", run.root, config.trainer.checkpoint,
                  metrics.get("test", {}))
         return metrics
+
+
+def early_best_note(choice: str, best_epoch: int | None, epochs: int | None) -> str | None:
+    """A warning when the best-validation-loss checkpoint is one of the first epochs of a run.
+
+    With ``trainer.checkpoint: best`` the probe reads the encoder of the lowest validation
+    loss. When that came within the first fifth of a run of at least 5 epochs (and at most
+    epoch 1), the validation loss never recovered from its start and the probe evaluates an
+    almost untrained encoder, which a reader of ``metrics.json`` should be told.
+    """
+    if choice != "best" or best_epoch is None or not epochs or epochs < 5:
+        return None
+    if best_epoch > max(1, epochs // 5):
+        return None
+    return (f"the lowest validation loss came after epoch {best_epoch} of {epochs}, so the "
+            "probe evaluates an almost untrained encoder; train longer, or evaluate the last "
+            "epoch with --set trainer.checkpoint=last")
 
 
 def _log_rows(rows: Mapping[str, Mapping[str, int]], labels: Mapping[str, np.ndarray]) -> None:
