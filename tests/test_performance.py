@@ -238,6 +238,20 @@ def test_an_unwritable_or_corrupt_cache_only_warns(tmp_path, monkeypatch, caplog
     assert decision.key in json.loads(corrupt.read_text())  # replaced by a good one
 
 
+def test_a_failed_timing_trains_contiguous_and_is_not_cached(tmp_path, monkeypatch, caplog):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("no room for the copies")
+
+    monkeypatch.setattr(performance, "time_memory_formats", out_of_memory)
+    cache = tmp_path / "c.json"
+    with caplog.at_level(logging.WARNING, logger="mmssl"):
+        decision = decide_memory_format("auto", _method((1, 32, 32)), 8, torch.device("cpu"),
+                                        cache=cache)
+    assert (decision.choice, decision.source) == ("contiguous", "measurement failed")
+    assert "no room for the copies" in caplog.text and "trainer.memory_format" in caplog.text
+    assert not cache.exists()
+
+
 def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert performance.cache_folder() == tmp_path / "mine"
@@ -420,3 +434,21 @@ def test_loader_workers_configured_or_measured():
     one_core = decide_loader(_loading("auto"), 10.0, torch.device("cpu"), volumes_per_batch=32,
                              cpu_count=1, timer=slow)
     assert (one_core.num_workers, timed) == (0, [0])
+
+
+def test_auto_loader_workers_are_measured_and_change_nothing_learned(tiny_mnist_dir, tmp_path):
+    """``data.num_workers: auto`` times the real loader against a real step (whatever it picks
+    here): the views are made on the device, so the weights match a run with 0 workers."""
+    common = {"trainer.memory_format": "contiguous", "trainer.epochs": 1,
+              "objective.name": "XX-RR"}
+    pretrain(tiny_config(tiny_mnist_dir, **common, **{"data.num_workers": "auto"}),
+             tmp_path / "auto")
+    pretrain(tiny_config(tiny_mnist_dir, **common), tmp_path / "zero")
+    loader = _record(tmp_path / "auto")["loader"]
+    assert loader["source"] == "measured" and loader["num_workers"] in (0, 1, 2)
+    assert loader["step_ms"] > 0 and loader["ms_per_batch"]["0"] > 0
+    assert loader["pin_memory"] is False  # auto: pinned only when training on CUDA
+    weights = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)["state_dict"] for run in ("auto", "zero")]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key

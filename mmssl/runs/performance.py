@@ -173,7 +173,9 @@ class MemoryFormatDecision:
     """The layout a run trains in and how it was chosen.
 
     ``source``: ``configured`` (``trainer.memory_format`` named it), ``measured`` (``auto``:
-    timed now), ``cached`` (``auto``: timed earlier on this machine for the same key);
+    timed now), ``cached`` (``auto``: timed earlier on this machine for the same key),
+    ``measurement failed`` (``auto``: the timing raised, e.g. out of memory; contiguous, not
+    cached);
     ``ms_per_step``: the medians timed (``None`` when configured); ``resumed``: reused from the
     checkpoint of the run being resumed.
     """
@@ -393,7 +395,13 @@ def decide_memory_format(
         return MemoryFormatDecision(
             choice=str(entry["choice"]), source="cached", key=key,
             ms_per_step={str(k): float(v) for k, v in (entry.get("ms_per_step") or {}).items()})
-    ms = time_memory_formats(method, MEMORY_FORMATS, batch_size, device, precision)
+    try:
+        ms = time_memory_formats(method, MEMORY_FORMATS, batch_size, device, precision)
+    except (RuntimeError, torch.OutOfMemoryError) as error:  # e.g. no room for two copies
+        log.warning("trainer.memory_format auto: the timing failed (%s: %s); training "
+                    "contiguous (set trainer.memory_format to skip the timing)",
+                    type(error).__name__, error)
+        return MemoryFormatDecision(choice="contiguous", source="measurement failed", key=key)
     faster = ms["channels_last"] < (1.0 - MEMORY_FORMAT_MARGIN) * ms["contiguous"]
     decision = MemoryFormatDecision(choice="channels_last" if faster else "contiguous",
                                     source="measured", ms_per_step=ms, key=key)
