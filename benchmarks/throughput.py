@@ -13,6 +13,11 @@ in the same run:
    and gradients, forward+backward time and memory of each.
 3. **Per method** (:mod:`benchmarks.throughput_methods`): a full training step of every
    registered method built from the default configuration, as ``mmssl train`` does.
+4. **Today vs new** (:mod:`benchmarks.throughput_speedup`): for CR, RR and CR-XX-CC-RR, the
+   step of the earlier defaults (dense estimator, contiguous, eager) against the new one (lean
+   estimator, the memory format a run would choose), interleaved, with pairs/s and their
+   ratio; and the dense vs lean estimator's memory at ``--speedup-est-batch`` ×
+   ``--speedup-est-locations`` (64 × 512).
 
 Every timing is the median over ``--repeats`` rounds after ``--warmup`` rounds; the quantities
 compared with each other are measured in interleaved rounds (:mod:`benchmarks.harness`), so
@@ -52,6 +57,16 @@ from benchmarks.throughput_objectives import (
     measure_objective,
     objectives_table,
 )
+from benchmarks.throughput_speedup import (
+    MEMORY_FORMAT_CHOICES,
+    SPEEDUP_OBJECTIVES,
+    EstimatorMemoryRow,
+    SpeedupRow,
+    estimator_memory,
+    measure_speedup,
+    memory_table,
+    speedup_table,
+)
 from mmssl.methods import METHODS
 from mmssl.objectives.taxonomy import Objective, all_objectives
 
@@ -69,8 +84,12 @@ FOOTER = (
     "two. Methods table: a full training step of each method with its default configuration "
     "(params = trainable parameters; GFLOP = matrix products and convolutions of a step, "
     "forward and backward, and GFLOP/s that work per median step time); × slower = ms/step / "
-    "ms/step of the fastest decoder-free row. All times are medians of interleaved rounds; "
-    "IQR% = interquartile range / median (noise)."
+    "ms/step of the fastest decoder-free row. Today vs new: ratio = new pairs/s / today "
+    "pairs/s (> 1: the new step is faster), both steps timed in the same rounds from the same "
+    "weights; how = how the new memory format was chosen (configured, measured, cached). "
+    "Estimator memory: peak = allocator peak of forward+backward (CUDA allocator, or the CPU "
+    "profiler's memory events), saved = bytes the graph keeps for backward. All times are "
+    "medians of interleaved rounds; IQR% = interquartile range / median (noise)."
 )
 
 
@@ -131,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-objectives", action="store_true", help="skip part 1")
     parser.add_argument("--skip-estimator", action="store_true", help="skip part 2")
     parser.add_argument("--skip-methods", action="store_true", help="skip part 3")
+    parser.add_argument("--skip-speedup", action="store_true", help="skip part 4")
+    parser.add_argument("--speedup-memory-format", choices=MEMORY_FORMAT_CHOICES,
+                        default="auto",
+                        help="memory format of part 4's new step (default: auto, chosen as "
+                        "trainer.memory_format: auto chooses it, cache included)")
+    parser.add_argument("--speedup-batch-size", type=int, default=64,
+                        help="training batch size of part 4 (default: 64)")
+    parser.add_argument("--speedup-est-batch", type=int, default=64,
+                        help="B of part 4's estimator memory (default: 64)")
+    parser.add_argument("--speedup-est-locations", type=int, default=512,
+                        help="L of part 4's estimator memory (default: 512 = an 8³ map)")
     return parser
 
 
@@ -140,6 +170,10 @@ def problem(args: argparse.Namespace) -> str | None:
         return "--batch-size must be ≥ 2 (InfoNCE needs negatives)"
     if args.mmvae_k is not None and args.mmvae_k < 1:
         return "--mmvae-k must be ≥ 1"
+    if args.speedup_batch_size < 2 or args.speedup_est_batch < 2:
+        return "--speedup-batch-size and --speedup-est-batch must be ≥ 2"
+    if args.speedup_est_locations < 1:
+        return "--speedup-est-locations must be ≥ 1"
     return None
 
 
@@ -209,10 +243,27 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
             console.print(f"[red]warning[/red]: non-finite loss at the first step: "
                           f"{', '.join(broken)}")
 
+    speedup_rows: list[SpeedupRow] = []
+    memory_rows: list[EstimatorMemoryRow] = []
+    if not args.skip_speedup:
+        for name in SPEEDUP_OBJECTIVES:
+            row = measure_speedup(name, args.speedup_batch_size, device,
+                                  memory_format=args.speedup_memory_format, warmup=warmup,
+                                  repeats=repeats)
+            speedup_rows.append(row)
+        print_table(console, speedup_table(speedup_rows))
+        memory_rows.append(estimator_memory(args.speedup_est_batch, args.speedup_est_locations,
+                                            device))
+        peak = "CUDA allocator peak" if device.type == "cuda" else "CPU profiler peak"
+        print_table(console, memory_table(memory_rows, "peak"))
+        console.print(f"Estimator memory: peak = {peak}; saved = autograd-saved bytes.")
+
     return harness.finish_run(console, meta, {
         "objectives": [asdict(r) for r in objective_rows],
         "estimator": [asdict(r) for r in estimator_rows],
         "methods": [asdict(r) for r in method_rows],
+        "speedup": [asdict(r) for r in speedup_rows],
+        "estimator_memory": [asdict(r) for r in memory_rows],
     }, FOOTER, args.json)
 
 

@@ -98,6 +98,14 @@ class TrainerSettings:
     ``checkpoint`` chooses what evaluation uses: ``last`` (the end of training) or ``best``
     (lowest validation loss, the authors' choice). ``devices`` > 1 or ``num_nodes`` > 1 train
     data-parallel (DDP); contrastive negatives are then gathered from every process.
+
+    Speed (:mod:`mmssl.runs.performance`): ``memory_format`` lays out the model and its inputs
+    ``contiguous`` (NCHW/NCDHW), ``channels_last`` (NHWC/NDHWC: ``torch.channels_last`` for
+    2-D, ``torch.channels_last_3d`` for 3-D) or ``auto`` — a few timed training steps of both
+    at the run's batch shape on its device pick the faster, cached per machine so the runs of
+    a sweep agree; the choice is recorded in ``pretrain.json`` and a resumed run keeps it.
+    ``compile: true`` compiles the encoders and heads in place (``nn.Module.compile``; the
+    checkpoints stay loadable without it) and records the compile time.
     """
 
     epochs: int = 50
@@ -111,6 +119,8 @@ class TrainerSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     sync_batchnorm: bool = False
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be ≥ 1; got {self.epochs}")

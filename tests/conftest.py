@@ -14,6 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_mmssl_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point mmssl's per-machine cache (the memory-format decisions of ``trainer.memory_format:
+    auto``) at a folder of this test session, never the user's ``~/.cache/mmssl``."""
+    import os
+
+    os.environ["MMSSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("mmssl-cache"))
+
 TINY_TRAIN_PER_CLASS = 20
 TINY_TEST_PER_CLASS = 5
 

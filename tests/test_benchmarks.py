@@ -170,11 +170,14 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         "--quick", "--objectives", "CR,CR-XX-CC-RR", "--batch-size", "4", "--device", "cpu",
         "--threads", "1", "--repeats", "2", "--warmup", "1", "--est-batch-sizes", "4,8",
         "--est-locations", "16", "--methods", "ae,mmvae", "--mmvae-k", "2", "--json", str(out),
+        "--speedup-memory-format", "channels_last", "--speedup-batch-size", "4",
+        "--speedup-est-batch", "4", "--speedup-est-locations", "16",
     ])
     assert torch.get_num_threads() == threads  # --threads is restored for the other tests
     results = json.loads(out.read_text())
     assert results == json.loads(json.dumps(returned))
-    assert set(results) == {"meta", "objectives", "estimator", "methods", "notes"}
+    assert set(results) == {"meta", "objectives", "estimator", "methods", "speedup",
+                            "estimator_memory", "notes"}
     assert {"torch", "device", "threads", "batch_size", "repeats", "warmup",
             "memory_method"} <= set(results["meta"])
     assert results["meta"]["device"] == "cpu" and results["meta"]["batch_size"] == 4
@@ -205,6 +208,21 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         assert row["grad_abs_diff"] < 1e-4
         assert row["estimator_bytes"] > 0 and row["masks_bytes"] > 0
 
+    # Part 4: today (dense, contiguous) vs new (lean, channels_last), the same computation.
+    speedup = results["speedup"]
+    assert [row["objective"] for row in speedup] == ["CR", "RR", "CR-XX-CC-RR"]
+    for row in speedup:
+        assert (row["memory_format"], row["memory_format_source"]) == ("channels_last",
+                                                                       "configured")
+        assert row["batch_size"] == 4
+        assert row["today_pairs_per_s"] > 0 and row["new_pairs_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["today_ms"] / row["new_ms"])
+        assert row["loss_abs_diff"] < 1e-3
+    (memory,) = results["estimator_memory"]
+    assert (memory["batch"], memory["locations"]) == (4, 16)
+    # The dense estimator keeps its score tensors for backward; the lean one recomputes them.
+    assert memory["dense_saved_bytes"] > memory["lean_saved_bytes"] > 0
+
     methods = results["methods"]
     assert [row["label"] for row in methods] == ["ae", "mmvae K=2"]
     assert [(row["method"], row["variant"]) for row in methods] == [("ae", ""), ("mmvae", "K=2")]
@@ -226,7 +244,8 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
 
 def test_throughput_rejects_bad_options(capsys):
     for argv in (["--batch-size", "1"], ["--device", "tpu"], ["--threads", "0"],
-                 ["--methods", "nope"], ["--dataset", "neuro"], ["--repeats", "0"]):
+                 ["--methods", "nope"], ["--dataset", "neuro"], ["--repeats", "0"],
+                 ["--speedup-memory-format", "nhwc"], ["--speedup-est-batch", "1"]):
         with pytest.raises(SystemExit):
             throughput.main(argv)
     assert "--batch-size must be ≥ 2" in capsys.readouterr().err

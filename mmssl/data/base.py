@@ -7,21 +7,51 @@ dropped) and fixed, unshuffled evaluation batches of the ``train``, ``val`` and 
 its modalities and its ``num_classes``. Subclasses implement :meth:`setup`, :meth:`is_setup`,
 :meth:`train_dataset`, :meth:`eval_dataset` and the two properties; the argument checks, the
 loaders and the sampler live here once.
+
+Every batch leaves :meth:`MultimodalDataModule.on_after_batch_transfer` (on the training
+device, after any device-side views or crops) with its inputs in the module's
+:attr:`~MultimodalDataModule.memory_format` — ``contiguous`` or ``channels_last``
+(``torch.channels_last`` for 4-D image batches, ``torch.channels_last_3d`` for 5-D volume
+batches), the layout the run chose for its model (:mod:`mmssl.runs.performance`). Subclasses
+that override the hook end it with :meth:`~MultimodalDataModule.format_inputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmssl.data.loading import EVAL_SPLITS, EpochShuffleSampler, check_split, tensor_dict_loader
 from mmssl.data.splits import check_fold
 
-__all__ = ["MultimodalDataModule"]
+__all__ = ["MEMORY_FORMATS", "MemoryFormat", "MultimodalDataModule", "to_memory_format"]
+
+#: How a batch of inputs (and the model) is laid out in memory.
+MemoryFormat = Literal["contiguous", "channels_last"]
+MEMORY_FORMATS: tuple[str, ...] = ("contiguous", "channels_last")
+
+
+def to_memory_format(tensor: Tensor, memory_format: str) -> Tensor:
+    """``tensor`` in ``memory_format``: for ``channels_last`` a 4-D (N, C, H, W) tensor in
+    ``torch.channels_last`` (strides of N, H, W, C order) and a 5-D (N, C, D, H, W) tensor in
+    ``torch.channels_last_3d``; for ``contiguous`` the usual row-major layout. Other ranks are
+    returned as they are; no copy is made when the layout is already right. The values are the
+    same, only the strides differ.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; valid: "
+                         f"{', '.join(MEMORY_FORMATS)}")
+    if tensor.dim() not in (4, 5):
+        return tensor
+    if memory_format == "contiguous":
+        return tensor.contiguous()
+    layout = torch.channels_last if tensor.dim() == 4 else torch.channels_last_3d
+    return tensor.contiguous(memory_format=layout)
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -36,7 +66,10 @@ class MultimodalDataModule(L.LightningDataModule):
         batch_size: training and validation batch size.
         eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
         seed: seeds splits, shuffling and augmentation.
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes, or ``"auto"`` (0 until
+            :meth:`configure_loading` sets the measured choice).
+        pin_memory: page-locked host batches (faster copies to a GPU), or ``"auto"``: pinned
+            when the attached trainer trains on CUDA.
     """
 
     def __init__(
@@ -49,7 +82,8 @@ class MultimodalDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         seed: int = 343,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
     ) -> None:
         super().__init__()
         mods = (modalities,) if isinstance(modalities, str) else tuple(modalities)
@@ -65,15 +99,23 @@ class MultimodalDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        if num_workers != "auto" and (isinstance(num_workers, bool)
+                                      or not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be a non-negative integer or 'auto', got "
+                             f"{num_workers!r}")
+        if pin_memory != "auto" and not isinstance(pin_memory, bool):
+            raise ValueError(f"pin_memory must be true, false or 'auto', got {pin_memory!r}")
         self.modalities: tuple[str, ...] = mods
         self.num_folds = num_folds
         self.fold = fold
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self.num_workers = num_workers
+        #: as requested (an int, or "auto"); :attr:`num_workers` is what the loaders use
+        self.requested_num_workers: int | str = num_workers
+        self.num_workers: int = 0 if num_workers == "auto" else int(num_workers)
+        self.requested_pin_memory: bool | str = pin_memory
+        self.memory_format: str = "contiguous"
         self._train_sampler: EpochShuffleSampler | None = None
 
     # -- what subclasses provide ----------------------------------------------------------------
@@ -104,11 +146,53 @@ class MultimodalDataModule(L.LightningDataModule):
         if not self.is_setup():
             raise RuntimeError(f"{type(self).__name__}.setup() must be called first")
 
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the loaders pin their batches: as requested, or for ``"auto"`` whether the
+        attached trainer trains on CUDA (pinning only speeds up host-to-GPU copies)."""
+        if isinstance(self.requested_pin_memory, bool):
+            return self.requested_pin_memory
+        trainer = getattr(self, "trainer", None)
+        return bool(trainer is not None and trainer.strategy.root_device.type == "cuda")
+
+    def configure_loading(self, *, num_workers: int | None = None,
+                          memory_format: str | None = None) -> None:
+        """Set the worker processes of the loaders built from now on and/or the memory format
+        of the inputs :meth:`on_after_batch_transfer` emits (:data:`MEMORY_FORMATS`)."""
+        if num_workers is not None:
+            if num_workers < 0:
+                raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+            self.num_workers = int(num_workers)
+        if memory_format is not None:
+            if memory_format not in MEMORY_FORMATS:
+                raise ValueError(f"unknown memory format {memory_format!r}; valid: "
+                                 f"{', '.join(MEMORY_FORMATS)}")
+            self.memory_format = memory_format
+
     def loader(self, dataset: Dataset[dict[str, Tensor]], batch_size: int, *,
                sampler: Sampler[int] | None = None, drop_last: bool = False) -> DataLoader:
-        """A batch-fetching loader with this module's workers."""
+        """A batch-fetching loader with this module's workers and pinning."""
         return tensor_dict_loader(dataset, batch_size, num_workers=self.num_workers,
-                                  sampler=sampler, drop_last=drop_last)
+                                  sampler=sampler, drop_last=drop_last,
+                                  pin_memory=self.pin_memory)
+
+    def format_inputs(self, batch: Any) -> Any:
+        """``batch`` with its modality tensors in :attr:`memory_format`
+        (:func:`to_memory_format`). With ``contiguous`` (the default) the batch is returned as
+        it is: the generators already emit row-major tensors, and nothing is copied; anything
+        that is not a dict is returned unchanged."""
+        if self.memory_format == "contiguous" or not isinstance(batch, Mapping):
+            return batch
+        out = dict(batch)
+        for modality in self.modalities:
+            value = out.get(modality)
+            if isinstance(value, Tensor):
+                out[modality] = to_memory_format(value, self.memory_format)
+        return out
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lay the inputs out in :attr:`memory_format` on the device (:meth:`format_inputs`)."""
+        return self.format_inputs(batch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; the order is a function of (seed, epoch), last dropped."""

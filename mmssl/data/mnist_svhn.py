@@ -164,7 +164,8 @@ class MnistSvhnDataModule(MultimodalDataModule):
         batch_size: training (and validation/test) batch size; training drops the last
             incomplete batch.
         seed: seeds the fold split, the pairing and the shuffling.
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes (or ``"auto"``).
+        pin_memory: pin the loaders' batches (``"auto"``: when training on CUDA).
         eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
         max_per_class: cap on the images kept per class and dataset (MMVAE's ``max_d``).
         pairings: number of pairing rounds (MMVAE's ``dm``).
@@ -184,17 +185,18 @@ class MnistSvhnDataModule(MultimodalDataModule):
         fold: int = 0,
         batch_size: int = 64,
         seed: int = 343,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         eval_batch_size: int = 256,
         max_per_class: int = 10_000,
         pairings: int = 30,
         modalities: Sequence[str] = MNIST_SVHN_MODALITIES,
         eval_pairings: int | None = None,
+        pin_memory: bool | str = False,
     ) -> None:
         """Validate the arguments; nothing is loaded until :meth:`setup`."""
         super().__init__(modalities, available=MNIST_SVHN_MODALITIES, num_folds=num_folds,
                          fold=fold, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         seed=seed, num_workers=num_workers)
+                         seed=seed, num_workers=num_workers, pin_memory=pin_memory)
         for name, value in (("max_per_class", max_per_class), ("pairings", pairings)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -465,7 +467,7 @@ def _build(data: DataSettings, settings: MnistSvhnSettings, seed: int,
         fold=data.fold, batch_size=data.batch_size, seed=seed, num_workers=data.num_workers,
         eval_batch_size=data.eval_batch_size, max_per_class=settings.max_per_class,
         pairings=settings.pairings, modalities=tuple(data.modalities or MNIST_SVHN_MODALITIES),
-        eval_pairings=settings.eval_pairings,
+        eval_pairings=settings.eval_pairings, pin_memory=data.pin_memory,
     )
 
 

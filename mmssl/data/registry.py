@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mmssl.settings import require
 
@@ -40,6 +40,12 @@ class DataSettings:
     ``data_dir`` is the dataset's folder where it has one (MNIST-layout IDX files…);
     ``modalities`` defaults to the dataset's own. The dataset's own settings are the section
     ``data.<dataset>`` (:attr:`sections`).
+
+    Loading: ``num_workers`` data-loader worker processes, or ``auto`` — at the start of
+    training the in-process loader is timed against a training step and worker processes are
+    added only when it would not keep up (:mod:`mmssl.runs.performance`); ``pin_memory``
+    (page-locked host batches, faster copies to a GPU) ``true``/``false``, or ``auto``: pinned
+    exactly when training on CUDA.
     """
 
     dataset: str = "two_view_mnist"
@@ -49,7 +55,8 @@ class DataSettings:
     fold: int = 0
     batch_size: int = 64
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int | Literal["auto"] = 0
+    pin_memory: bool | Literal["auto"] = "auto"
     #: dataset name → its settings (filled from the registry by the configuration)
     sections: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
@@ -62,7 +69,8 @@ class DataSettings:
         for key in ("batch_size", "eval_batch_size"):
             value = getattr(self, key)
             require(value >= 2, key, f"must be ≥ 2 (InfoNCE needs negatives); got {value}")
-        require(self.num_workers >= 0, "num_workers", f"must be ≥ 0; got {self.num_workers}")
+        require(self.num_workers == "auto" or self.num_workers >= 0, "num_workers",
+                f"must be ≥ 0 or auto; got {self.num_workers}")
 
     @property
     def settings(self) -> Any:

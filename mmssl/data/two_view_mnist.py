@@ -127,7 +127,9 @@ class TwoViewMnistDataModule(MultimodalDataModule):
         batch_size: training (and validation/test) batch size; training drops the last
             incomplete batch.
         seed: seeds the fold split, the shuffling, the training views and the fixed eval views.
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes (or ``"auto"``, see
+            :class:`~mmssl.data.base.MultimodalDataModule`).
+        pin_memory: pin the loaders' batches (``"auto"``: when training on CUDA).
         eval_batch_size: batch size of :meth:`eval_dataloader` (feature extraction).
         max_angle: largest absolute rotation of the ``rotated`` view, in degrees.
         split_seed: random state of the train/test split of the embedded subset (ignored with
@@ -145,16 +147,17 @@ class TwoViewMnistDataModule(MultimodalDataModule):
         fold: int = 0,
         batch_size: int = 64,
         seed: int = 343,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         eval_batch_size: int = 256,
         max_angle: float = 45.0,
         split_seed: int = 343,
         pairing: Pairing = "same_image",
+        pin_memory: bool | str = False,
     ) -> None:
         """Validate the arguments; nothing is loaded until :meth:`setup`."""
         super().__init__(modalities, available=TWO_VIEW_MODALITIES, num_folds=num_folds,
                          fold=fold, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         seed=seed, num_workers=num_workers)
+                         seed=seed, num_workers=num_workers, pin_memory=pin_memory)
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}; valid values are {list(PAIRINGS)}")
         self.data_dir = None if data_dir is None else Path(data_dir)
@@ -378,10 +381,12 @@ class TwoViewMnistDataModule(MultimodalDataModule):
         return out
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn training batches (those with an ``"image"`` key) into views, on the device."""
+        """Turn training batches (those with an ``"image"`` key) into views, on the device;
+        every batch's views leave in the module's memory format
+        (:meth:`~mmssl.data.base.MultimodalDataModule.format_inputs`)."""
         if isinstance(batch, dict) and "image" in batch:
-            return self.apply_train_views(batch)
-        return batch
+            batch = self.apply_train_views(batch)
+        return self.format_inputs(batch)
 
 
 @dataclass
@@ -404,7 +409,7 @@ def _build(data: DataSettings, settings: TwoViewMnistSettings, seed: int,
         modalities=tuple(data.modalities or TWO_VIEW_MODALITIES), num_folds=data.num_folds,
         fold=data.fold, batch_size=data.batch_size, seed=seed, num_workers=data.num_workers,
         eval_batch_size=data.eval_batch_size, max_angle=settings.max_angle,
-        pairing=settings.pairing,
+        pairing=settings.pairing, pin_memory=data.pin_memory,
     )
 
 

@@ -181,7 +181,7 @@ class RRAEMethod(_AEWithHeads):
     def __init__(self, inputs: MethodInputs, model: ModelSettings, optim: OptimSettings,
                  **sections: object) -> None:
         super().__init__(inputs, model, optim, **sections)
-        self.estimator = cast(ObjectiveSettings, sections["objective"]).estimator()
+        self.estimator = cast(ObjectiveSettings, sections["objective"]).estimator_settings()
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None

@@ -42,6 +42,8 @@ __all__ = [
     "ModelSettings",
     "MultimodalMethod",
     "OptimSettings",
+    "compile_units",
+    "make_optimizer",
     "method_class",
     "method_sections",
     "register_method",
@@ -334,29 +336,32 @@ class MultimodalMethod(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch_size)
 
+    #: How the run lays out and compiles the model (plain values, set by
+    #: :mod:`mmssl.runs.performance`); saved in the checkpoint so a resumed run keeps it.
+    performance_record: dict[str, Any] | None = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Mark the checkpoint as mmssl's, with the method's name (checked when loading)."""
+        """Mark the checkpoint as mmssl's, with the method's name (checked when loading), and
+        the run's :attr:`performance_record` (memory format) when there is one."""
         checkpoint["mmssl"] = {"format": 1, "method": self.name, "version": __version__}
+        if self.performance_record is not None:
+            checkpoint["mmssl"]["performance"] = dict(self.performance_record)
+
+    def compile_modules(self) -> list[nn.Module]:
+        """The sub-modules ``trainer.compile`` compiles in place: every encoder, head and
+        decoder (:func:`compile_units`); the objectives stay eager."""
+        return compile_units(self)
 
     def configure_optimizers(self) -> Any:
         settings = self.optim_settings
-        params = [p for p in self.parameters() if p.requires_grad]
-        lr, decay = settings.lr, settings.weight_decay
-        optimizers: dict[str, Callable[[], torch.optim.Optimizer]] = {
-            "radam": lambda: torch.optim.RAdam(params, lr=lr, weight_decay=decay),
-            "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=decay),
-            "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=decay),
-            "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                                           weight_decay=decay),
-        }
-        optimizer = optimizers[settings.optimizer]()
+        optimizer = make_optimizer(settings, [p for p in self.parameters() if p.requires_grad])
         if settings.scheduler == "none":
             return optimizer
         # OneCycle from lr (= max_lr / div_factor) up to max_lr, stepped every batch.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=settings.max_lr,
             total_steps=int(self.trainer.estimated_stepping_batches),
-            div_factor=settings.max_lr / lr,
+            div_factor=settings.max_lr / settings.lr,
         )
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -378,6 +383,37 @@ class MultimodalMethod(L.LightningModule):
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """z per modality (the downstream representation)."""
         return {m: self.encoders[m](batch[m]).z for m in self.modalities}
+
+
+def make_optimizer(settings: OptimSettings, params: Sequence[nn.Parameter]
+                   ) -> torch.optim.Optimizer:
+    """The optimiser ``settings`` name over ``params`` at the base learning rate ``lr`` (the
+    OneCycle schedule, when configured, is added by :meth:`MultimodalMethod.configure_optimizers`).
+    """
+    params = list(params)
+    lr, decay = settings.lr, settings.weight_decay
+    optimizers: dict[str, Callable[[], torch.optim.Optimizer]] = {
+        "radam": lambda: torch.optim.RAdam(params, lr=lr, weight_decay=decay),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                                       weight_decay=decay),
+    }
+    return optimizers[settings.optimizer]()
+
+
+def compile_units(module: nn.Module) -> list[nn.Module]:
+    """The modules below ``module``'s containers: each child that is not a
+    :class:`~torch.nn.ModuleDict` or :class:`~torch.nn.ModuleList`, and the members of those
+    containers, recursively (an encoder, a head, a decoder — each one graph for
+    :func:`torch.compile`)."""
+    units: list[nn.Module] = []
+    for child in module.children():
+        if isinstance(child, nn.ModuleDict | nn.ModuleList):
+            units.extend(compile_units(child))
+        else:
+            units.append(child)
+    return units
 
 
 def _known_keys(settings: type, values: Mapping[str, Any] | None) -> dict[str, Any]:

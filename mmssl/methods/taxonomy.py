@@ -40,6 +40,9 @@ class ObjectiveSettings:
     maps a mode to its weight :math:`w_m` (1 when absent); the estimator's ``critic``,
     ``clip`` (tanh soft clip c), ``penalty_weight`` (L2 on raw scores) and ``temperature``
     (cosine critic only); ``weight_penalty`` also multiplies each term's penalty by its weight.
+    ``estimator`` is how the InfoNCE terms are computed — ``lean`` (default: chunked, recomputed
+    in backward, less memory) or ``dense`` (the earlier implementation) — with the same loss and
+    gradients within float rounding (:mod:`mmssl.objectives.infonce`).
     """
 
     name: str = "CR-XX-CC-RR"
@@ -49,6 +52,7 @@ class ObjectiveSettings:
     penalty_weight: float = 0.04
     temperature: float = 1.0
     weight_penalty: bool = False
+    estimator: Literal["lean", "dense"] = "lean"
 
     def validate(self) -> None:
         try:
@@ -68,11 +72,11 @@ class ObjectiveSettings:
     def objective(self) -> Objective:
         return Objective.parse(self.name)
 
-    def estimator(self) -> EstimatorSettings:
-        """The estimator these settings describe."""
+    def estimator_settings(self) -> EstimatorSettings:
+        """The InfoNCE estimator these settings describe."""
         return EstimatorSettings(critic=self.critic, clip=self.clip,
                                  penalty_weight=self.penalty_weight,
-                                 temperature=self.temperature)
+                                 temperature=self.temperature, estimator=self.estimator)
 
 
 @register_method
@@ -114,7 +118,7 @@ class TaxonomyMethod(MultimodalMethod):
         settings = cast(ObjectiveSettings, sections["objective"])
         self.objective_settings = settings
         self.objective = Objective.parse(settings.name)
-        self.estimator = settings.estimator()
+        self.estimator = settings.estimator_settings()
         self.local_heads = nn.ModuleDict()
         self.global_heads = nn.ModuleDict()
         for modality in self.modalities:

@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mmssl.objectives.infonce import CRITICS, Critic, InfoNCEResult, infonce, masked_infonce
+from mmssl.objectives.infonce import (
+    CRITICS,
+    ESTIMATORS,
+    Critic,
+    Estimator,
+    InfoNCEResult,
+    infonce,
+    masked_infonce,
+)
 
 
 class ObjectiveError(ValueError):
@@ -114,7 +122,13 @@ def all_objectives() -> list[str]:
 
 @dataclass(frozen=True)
 class EstimatorSettings:
-    """Settings of the InfoNCE estimator shared by all terms (paper defaults, §2)."""
+    """Settings of the InfoNCE estimator shared by all terms (paper defaults, §2).
+
+    ``estimator`` chooses how :func:`~mmssl.objectives.infonce.infonce` computes the same
+    loss, penalty and gradients: ``lean`` (chunked, recomputing its backward: a fraction of
+    the memory, and faster on CPU) or ``dense`` (the whole score tensor kept for backward: the
+    earlier implementation, kept selectable as the baseline).
+    """
 
     critic: Critic = "scaled_dot"
     clip: float | None = 20.0
@@ -122,10 +136,15 @@ class EstimatorSettings:
     temperature: float = 1.0
     #: take the candidates of every process (data-parallel training; no-op otherwise)
     gather: bool = False
+    #: ``lean`` or ``dense`` (:data:`~mmssl.objectives.infonce.ESTIMATORS`)
+    estimator: Estimator = "lean"
 
     def __post_init__(self) -> None:
         if self.critic not in CRITICS:
             raise ObjectiveError(f"unknown critic {self.critic!r}; valid: {', '.join(CRITICS)}")
+        if self.estimator not in ESTIMATORS:
+            raise ObjectiveError(f"unknown estimator {self.estimator!r}; valid: "
+                                 f"{', '.join(ESTIMATORS)}")
         if self.clip is not None and self.clip <= 0:
             raise ObjectiveError(f"clip must be positive or null; got {self.clip}")
         if self.penalty_weight < 0:
@@ -142,6 +161,7 @@ class EstimatorSettings:
             penalty_weight=self.penalty_weight,
             temperature=self.temperature,
             gather=self.gather,
+            estimator=self.estimator,
         )
 
     def term(self, anchors: Tensor, candidates: Tensor,
@@ -159,6 +179,7 @@ class EstimatorSettings:
             penalty_weight=self.penalty_weight,
             temperature=self.temperature,
             gather=self.gather,
+            estimator=self.estimator,
         )
 
 

@@ -11,6 +11,9 @@
 * whether training finished is read from the last checkpoint on disk, not from the process
   that trained, so a run killed after its last checkpoint and before its completion marker
   (``pretrain.json``) finishes with ``--resume``, and so do data-parallel spawns;
+* the memory format, loader workers and compilation are chosen at the start of training
+  (:class:`~mmssl.runs.performance.RunPerformance`) and recorded in ``pretrain.json``; a
+  resumed run keeps the layout saved in its checkpoint;
 * a non-finite loss stops at once (:class:`~mmssl.errors.TrainingDiverged`) and keeps the last
   good checkpoint; Ctrl-C stops with one line saying how to continue
   (:class:`~mmssl.errors.RunInterrupted`).
@@ -38,7 +41,8 @@ from mmssl import io
 from mmssl.config import RunConfig
 from mmssl.errors import CheckpointError, RunDirError, RunInterrupted, TrainingDiverged
 from mmssl.runs.build import build_datamodule, build_method, preflight
-from mmssl.runs.checkpoints import AtomicCheckpointIO, fit_progress
+from mmssl.runs.checkpoints import AtomicCheckpointIO, fit_progress, read_checkpoint
+from mmssl.runs.performance import MemoryFormatDecision, RunPerformance
 from mmssl.runs.rundir import RunDir
 
 __all__ = ["attached_log", "open_run_dir", "pretrain", "process_rank"]
@@ -247,7 +251,11 @@ def pretrain(
         checkpoint = run.last_checkpoint if run.has_checkpoint() else None
         if checkpoint is not None and not resume:
             raise RunDirError(f"{run.root} already has a checkpoint; pass --resume")
-        trainer = build_trainer(config, run, extra_callbacks)
+        performance = RunPerformance(
+            memory_format=config.trainer.memory_format, compile=config.trainer.compile,
+            batch_size=config.data.batch_size, precision=config.trainer.precision,
+            recorded=_recorded_memory_format(checkpoint) if checkpoint else None)
+        trainer = build_trainer(config, run, [performance, *(extra_callbacks or [])])
         log.info("pretraining %s (%s) into %s%s", config.method, config.model_name, run.root,
                  f", resuming from {checkpoint}" if checkpoint else "")
         started = time.perf_counter()
@@ -289,8 +297,21 @@ def pretrain(
             "seconds": round(time.perf_counter() - started, 2),
             "device": str(trainer.strategy.root_device),
             "processes": trainer.world_size,
+            **performance.record(),
         })
         return run.checkpoint(config.trainer.checkpoint)
+
+
+def _recorded_memory_format(checkpoint: Path) -> dict[str, Any]:
+    """The memory-format decision saved in the checkpoint a run resumes from; a checkpoint of
+    an earlier mmssl, which has none, trained contiguous."""
+    marker = read_checkpoint(checkpoint, mmap=True).get("mmssl")
+    performance = marker.get("performance") if isinstance(marker, dict) else None
+    recorded = performance.get("memory_format") if isinstance(performance, dict) else None
+    if isinstance(recorded, dict):
+        return recorded
+    return MemoryFormatDecision(choice="contiguous", source="checkpoint without a record "
+                                "(earlier mmssl: contiguous)").to_dict()
 
 
 def _progress_text(run: RunDir) -> str:

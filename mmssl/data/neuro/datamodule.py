@@ -142,6 +142,8 @@ class NeuroDataModule(MultimodalDataModule):
         modalities: its path columns to use, e.g. ``("t1", "falff")``.
         preprocessing: target grid, mask and normalisation (cached by content).
         pad, flip: training augmentation (shared pad-crop; flips of every axis).
+        num_workers, pin_memory: loader workers and pinning (each may be ``"auto"``, see
+            :class:`~mmssl.data.base.MultimodalDataModule`).
         on_bad_row: ``error`` (default: stop with the full list of problems) or ``skip``.
         report_path: where the skipped rows are listed.
     """
@@ -156,7 +158,8 @@ class NeuroDataModule(MultimodalDataModule):
         batch_size: int = 8,
         eval_batch_size: int = 16,
         seed: int = 343,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         val_fraction: float = 0.2,
         preprocessing: Preprocessing | None = None,
         cache_dir: Path | None = None,
@@ -172,7 +175,8 @@ class NeuroDataModule(MultimodalDataModule):
             raise ValueError("neuro data needs modalities: the manifest's path columns, "
                              "e.g. --modalities t1,falff")
         super().__init__(modalities, num_folds=num_folds, fold=fold, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers)
+                         eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         pin_memory=pin_memory)
         self.manifest = Path(manifest)
         self.val_fraction = val_fraction
         self.preprocessing = preprocessing or Preprocessing()
@@ -313,8 +317,11 @@ class NeuroDataModule(MultimodalDataModule):
         return self._dataset(split)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches (those with an ``"index"``): the shared pad-crop (and flips) on the
+        device; every batch's volumes then leave in the module's memory format
+        (``channels_last`` is ``torch.channels_last_3d`` here)."""
         if not isinstance(batch, dict) or "index" not in batch:
-            return batch
+            return self.format_inputs(batch)
         index = batch.pop("index")
         if self.pad or self.flip:
             epoch = self.current_epoch()
@@ -323,7 +330,7 @@ class NeuroDataModule(MultimodalDataModule):
             views = shared_crop_flip({m: batch[m] for m in self.modalities}, generator,
                                      pad=self.pad, flip=self.flip)
             batch.update(views)
-        return batch
+        return self.format_inputs(batch)
 
 
 def _build(data: DataSettings, settings: NeuroSettings, seed: int,
@@ -334,7 +341,8 @@ def _build(data: DataSettings, settings: NeuroSettings, seed: int,
     return NeuroDataModule(
         Path(settings.manifest), tuple(data.modalities or ()), num_folds=data.num_folds,
         fold=data.fold, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
-        seed=seed, num_workers=data.num_workers, val_fraction=settings.val_fraction,
+        seed=seed, num_workers=data.num_workers, pin_memory=data.pin_memory,
+        val_fraction=settings.val_fraction,
         preprocessing=settings.preprocessing,
         cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
         on_bad_row=settings.on_bad_row, report_path=skipped_rows,
