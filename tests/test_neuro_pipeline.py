@@ -134,6 +134,11 @@ def test_regions_tests_groups_and_names_clusters(neuro_run):
     assert list(clusters.columns[:3]) == ["modality", "cluster", "n_voxels"]
     summary = pd.read_csv(neuro_run / "regions" / "regions_summary.csv")
     assert {"t1", "falff"} == set(summary["modality"])
+    # the method's own copies survive a later run of another method
+    assert json.loads((neuro_run / "regions" / "regions_latent.json").read_text()) == report
+    assert (neuro_run / "regions" / "regions_latent.csv").read_text() == \
+        (neuro_run / "regions.csv").read_text()
+    assert (neuro_run / "regions" / "regions_summary_latent.csv").is_file()
     for entry in report["modalities"].values():
         t_map = nib.load(neuro_run / entry["maps"]["t"])
         assert np.isfinite(np.asarray(t_map.dataobj)).all()

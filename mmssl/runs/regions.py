@@ -14,7 +14,9 @@ Written to ``regions/``: per modality the t map and the −log10 FWE p map as NI
 thresholded map, glass-brain and slice figures; ``regions.csv`` (the clusters of every modality,
 strongest first), ``regions_summary.csv`` (regions by mean statistic) and ``regions.json`` (the
 settings, counts, timings and, on a simulated cohort, how the maps localise the planted
-effects and whether the planted regions lead the tables).
+effects and whether the planted regions lead the tables). Those three describe the latest
+method run; each method also keeps its own copies in ``regions/`` (``regions_ig.csv``,
+``regions_summary_ig.csv``, ``regions_ig.json``, …), so ``ig`` and ``latent`` can be compared.
 """
 
 from __future__ import annotations
@@ -148,12 +150,17 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     all_clusters = pd.concat(clusters, ignore_index=True)
     all_clusters["abs_peak"] = all_clusters["peak_stat"].abs() if len(all_clusters) else []
     all_clusters = all_clusters.sort_values("abs_peak", ascending=False).drop(columns="abs_peak")
-    io.write_text(run.root / "regions.csv", all_clusters.to_csv(index=False))
-    io.write_text(folder / "regions_summary.csv",
-                  pd.concat(summaries, ignore_index=True).to_csv(index=False))
+    clusters_csv = all_clusters.to_csv(index=False)
+    summary_csv = pd.concat(summaries, ignore_index=True).to_csv(index=False)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                       1)
+    # Each method keeps its own tables; the run's top-level files are those of the latest.
+    io.write_text(folder / f"regions_{method}.csv", clusters_csv)
+    io.write_text(folder / f"regions_summary_{method}.csv", summary_csv)
+    io.write_json(folder / f"regions_{method}.json", report)
+    io.write_text(run.root / "regions.csv", clusters_csv)
+    io.write_text(folder / "regions_summary.csv", summary_csv)
     io.write_json(run.root / "regions.json", report)
     return report
 
