@@ -26,7 +26,7 @@ from mmssl.analysis.claim_rules import (
     rr_regularises_and_relates,
     shared_subspace_links,
 )
-from mmssl.analysis.stats import Comparison, anova_f_power, paired_t_power
+from mmssl.evaluation.stats import Comparison, anova_f_power, paired_t_power
 
 
 def taxonomy(*modes: str) -> ModelInfo:

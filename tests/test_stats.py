@@ -1,4 +1,4 @@
-"""Oracles for mmssl.analysis.stats: brute force over every permutation, closed forms, scipy."""
+"""Oracles for mmssl.evaluation.stats: brute force over every permutation, closed forms, scipy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import integrate
 from scipy import stats as sps
 
-from mmssl.analysis.stats import (
+from mmssl.evaluation.stats import (
     Alternative,
     Comparison,
     adjust_holm,

@@ -2,7 +2,7 @@
 
 * :mod:`~mmssl.analysis.records` — evaluated runs as records, their scores as one long table;
 * :mod:`~mmssl.analysis.aggregate` — means over folds and seeds, what each mode adds;
-* :mod:`~mmssl.analysis.stats`, :mod:`~mmssl.analysis.claim_rules` — paired tests, intervals,
+* :mod:`~mmssl.analysis.claim_rules` (on :mod:`~mmssl.evaluation.stats`) — paired tests, intervals,
   Holm, power; the paper's claims decided on score tables;
 * :mod:`~mmssl.analysis.claims` — ``mmssl claims`` on a sweep or on committed files;
 * :mod:`~mmssl.analysis.tables`, :mod:`~mmssl.analysis.figures` — one table type rendered

@@ -30,16 +30,16 @@ For models A, B and column c, :math:`d_r = s^{test}_A(r, c) - s^{test}_B(r, c)` 
 runs (n of them). Each comparison reports the mean :math:`\bar d` (oriented so that positive
 favours the claim), its 95 % BCa bootstrap interval, the one-sided sign-flip permutation p-value
 for :math:`H_0`: the :math:`d_r` are symmetric about 0 against :math:`\bar d > 0`
-(:func:`~mmssl.analysis.stats.sign_flip_test`, exact for n ≤ 16), and the minimum detectable
+(:func:`~mmssl.evaluation.stats.sign_flip_test`, exact for n ≤ 16), and the minimum detectable
 effect :math:`\mathrm{MDE}` — the mean difference the paired t test detects with 80 % power given
-the observed sd of :math:`d_r` and n (:func:`~mmssl.analysis.stats.minimum_detectable_effect`)
+the observed sd of :math:`d_r` and n (:func:`~mmssl.evaluation.stats.minimum_detectable_effect`)
 at level α/m, m the number of comparisons of the claim (Holm's first, strictest threshold, so
 the power statement holds for the whole procedure), lowered to the largest level the
 sign-flip test can attain with n runs
-(:func:`~mmssl.analysis.stats.sign_flip_attainable_level`; MDE = ∞ when it cannot reject at
+(:func:`~mmssl.evaluation.stats.sign_flip_attainable_level`; MDE = ∞ when it cannot reject at
 all, e.g. n ≤ 4 at α = 0.05). In simulation the sign-flip test then has 73–80 % power at the
 MDE for n ≥ 5. The p-values of one claim are adjusted together by Holm
-(:func:`~mmssl.analysis.stats.holm`).
+(:func:`~mmssl.evaluation.stats.holm`).
 
 1. **Multimodal beats unimodal.** Per column c: M_c = the multimodal taxonomy model (modes
    ⊄ {CR}) chosen on validation; comparison M_c − CR.
@@ -47,12 +47,12 @@ MDE for n ≥ 5. The p-values of one claim are adjusted together by Holm
    least 3 such models), restricted to the B runs all of them have (B ≥ 2): the B × K table
    :math:`y_{bk}` is tested by the within-block permutation test of
    :math:`S = \mathrm{Var}_k(\bar y_{\cdot k})`
-   (:func:`~mmssl.analysis.stats.within_block_permutation_test`; H₀: the models are
+   (:func:`~mmssl.evaluation.stats.within_block_permutation_test`; H₀: the models are
    exchangeable within every run). The effect reported is the spread
    :math:`\Delta = \max_k \bar y_{\cdot k} - \min_k \bar y_{\cdot k}`; its MDE is the
    smallest spread the block-design F test detects with 80 % power at α/m (lowered to the
    permutation test's attainable level) whatever the other means, with σ the residual sd of the
-   additive model (:func:`~mmssl.analysis.stats.minimum_detectable_spread`). Friedman's p is
+   additive model (:func:`~mmssl.evaluation.stats.minimum_detectable_spread`). Friedman's p is
    reported beside it (``details``). No bootstrap interval (a range is never ≤ 0).
 3. **RR regularises yet reveals relations.** For every pair (O, O+RR) of taxonomy models and
    every run r with link rows for both, :math:`g_{O,r} = \mathrm{strength}_{O+RR}(r) -
@@ -98,15 +98,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from mmssl.analysis.stats import (
-    Comparison,
-    adjust_holm,
-    block_permutation_attainable_level,
-    format_p,
-    friedman_test,
-    minimum_detectable_spread,
-    within_block_permutation_test,
-)
 from mmssl.analysis.verdicts import (
     LINK_COLUMNS,
     MDE_POWER,
@@ -123,6 +114,15 @@ from mmssl.analysis.verdicts import (
     _Sweep,
     _verdict,
     decide_status,
+)
+from mmssl.evaluation.stats import (
+    Comparison,
+    adjust_holm,
+    block_permutation_attainable_level,
+    format_p,
+    friedman_test,
+    minimum_detectable_spread,
+    within_block_permutation_test,
 )
 
 __all__ = [

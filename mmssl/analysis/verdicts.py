@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from mmssl.analysis.stats import (
+from mmssl.evaluation.stats import (
     Alternative,
     Comparison,
     adjust_holm,

@@ -31,13 +31,13 @@ from sklearn.metrics import roc_auc_score
 
 from mmssl import config as cfg
 from mmssl import io
-from mmssl.analysis.stats import holm
 from mmssl.data.neuro.atlas import load_atlas
 from mmssl.errors import RunDirError
 from mmssl.evaluation.clusters import region_summary
 from mmssl.evaluation.links import canonical_variate, reduced_cca_links, residualise
 from mmssl.evaluation.plots import canonical_scatter, paired_maps
 from mmssl.evaluation.saliency import LinearReadout, integrated_gradients, localisation_auc
+from mmssl.evaluation.stats import holm
 from mmssl.runs.brainrun import BrainRun, open_brain_run
 from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import RunDir
