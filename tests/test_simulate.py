@@ -580,3 +580,17 @@ def test_save_nifti_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         save_nifti(target, volume + 1, np.eye(4))
     np.testing.assert_array_equal(load(target), volume.astype(np.float32))  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["volume.nii.gz"]
+
+
+@pytest.mark.slow
+def test_parallel_workers_write_the_same_files(multi: Path, tmp_path: Path) -> None:
+    """Subjects simulated in two processes give byte-identical volumes, manifest and truth:
+    every subject draws from its own random streams (sessions, missing fALFF and the BIDS
+    layout included)."""
+    parallel = simulate_cohort(tmp_path / "parallel", MULTI, progress=False, workers=2).parent
+    files = sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    assert len(files) > 20
+    for relative in files:
+        assert (parallel / relative).read_bytes() == (multi / relative).read_bytes(), relative
+    with pytest.raises(ValueError, match="workers"):
+        simulate_cohort(tmp_path / "none", MULTI, workers=0)

@@ -32,7 +32,9 @@ def cmd_simulate(args: Any) -> int:
         settings = SimulationSettings(**given)
     except ValueError as error:
         raise ConfigError(f"mmssl simulate: {error}") from None
-    manifest = simulate_cohort(Path(args.out), settings)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected at least 1 process")
+    manifest = simulate_cohort(Path(args.out), settings, workers=args.workers)
     console.print(f"simulated cohort: {manifest}", soft_wrap=True)
     console.print(f"train on it: mmssl run --preset neuro-quick --manifest {manifest}",
                   soft_wrap=True)
@@ -210,6 +212,9 @@ def cmd_list(args: Any) -> int:
 
 def simulate_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--out", type=str, required=True, help="cohort directory")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes simulating subjects in parallel (same files for any "
+                        "number)")
     helps = {
         "subjects": "number of subjects (default 100)",
         "seed": "seed (default 0)",

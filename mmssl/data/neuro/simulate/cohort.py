@@ -173,6 +173,7 @@ def _description(settings: SimulationSettings, anatomy: Anatomy,
 
 def simulate_cohort(
     out: Path, settings: SimulationSettings | None = None, *, progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Simulate a paired T1/fALFF cohort with planted effects and coupling into ``out``.
 
@@ -184,11 +185,15 @@ def simulate_cohort(
         out: output folder (created if missing).
         settings: the cohort parameters.
         progress: show a progress bar on stderr.
+        workers: processes that simulate subjects in parallel (the files are identical for
+            any number: each subject has its own random streams).
 
     Returns:
         The path of the manifest, ``out / "manifest.csv"``.
     """
     settings = SimulationSettings() if settings is None else settings
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST_NAME
@@ -202,21 +207,83 @@ def simulate_cohort(
 
     subjects = draw_subjects(settings)
     draws = draw_scans(settings, subjects)
-    rows: list[dict[str, str]] = []
-    truth_rows: list[dict[str, str]] = []
-    scans: list[dict[str, Any]] = []
-    fields: tuple[np.ndarray, np.ndarray] | None = None
-    for draw in _track(draws, progress, "Simulating cohort"):
-        subj = subjects[draw.index]
-        site = SITES[subj.site]
-        if draw.session == "ses-1" or fields is None:  # shared by all sessions of a subject
-            sub_rng = rng_for(settings.seed, STREAM_SUBJECT, draw.index)
-            fields = (
-                smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM,
-                              anatomy.voxel_size),
-                smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM,
-                              anatomy.voxel_size),
-            )
+    by_subject: dict[int, list[ScanDraw]] = {}
+    for draw in draws:
+        by_subject.setdefault(draw.index, []).append(draw)
+    jobs = [(out, settings, subjects, group) for group in by_subject.values()]
+    results: list[_SubjectScans] = []
+    if workers <= 1 or len(jobs) <= 1:
+        _WORKER_STATE.update(anatomy=anatomy, weights=weights)
+        try:
+            results = [_simulate_subject(*job) for job in _track(jobs, progress,
+                                                                  "Simulating cohort")]
+        finally:
+            _WORKER_STATE.clear()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Every subject draws from its own random streams, so the files do not depend on
+        # how subjects are spread over processes; each process builds the anatomy once.
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(float(settings.voxel_size),)) as pool:
+            results = list(_track(pool.map(_simulate_subject_job, jobs, chunksize=4),
+                                  progress, "Simulating cohort", total=len(jobs)))
+    rows = [row for result in results for row in result.rows]
+    truth_rows = [row for result in results for row in result.truth_rows]
+    scans = [scan for result in results for scan in result.scans]
+
+    io.write_csv(truth / GROUND_TRUTH_FILES["subjects"], SUBJECTS_COLUMNS, truth_rows)
+    description = _description(settings, anatomy, weights, scans)
+    io.write_json(truth / GROUND_TRUTH_FILES["simulation"], description)
+    if settings.bids:
+
+        write_bids_layout(out, bold_timepoints=settings.bold_timepoints,
+                          repetition_time=settings.repetition_time, seed=settings.seed,
+                          progress=progress)
+    io.write_csv(manifest, MANIFEST_COLUMNS, rows)
+    return manifest
+
+
+@dataclasses.dataclass
+class _SubjectScans:
+    """What one subject's scans add to the manifest, the ground truth and the description."""
+
+    rows: list[dict[str, str]]
+    truth_rows: list[dict[str, str]]
+    scans: list[dict[str, Any]]
+
+
+#: The anatomy and region weights of the process (set once per worker, or by the caller).
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(voxel_size: float) -> None:
+    _WORKER_STATE.update(anatomy=load_anatomy(voxel_size),
+                         weights=planted_region_weights(voxel_size))
+
+
+def _simulate_subject_job(job: tuple[Path, SimulationSettings, Sequence[Any], list[ScanDraw]]
+                          ) -> _SubjectScans:
+    return _simulate_subject(*job)
+
+
+def _simulate_subject(out: Path, settings: SimulationSettings, subjects: Sequence[Any],
+                      draws: list[ScanDraw]) -> _SubjectScans:
+    """Write every session of one subject (``draws``, in session order)."""
+    anatomy: Anatomy = _WORKER_STATE["anatomy"]
+    weights: dict[tuple[str, str], RegionWeights] = _WORKER_STATE["weights"]
+    result = _SubjectScans([], [], [])
+    subj = subjects[draws[0].index]
+    site = SITES[subj.site]
+    sub_rng = rng_for(settings.seed, STREAM_SUBJECT, draws[0].index)
+    fields = (  # shared by all sessions of a subject
+        smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM, anatomy.voxel_size),
+        smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM, anatomy.voxel_size),
+    )
+    for draw in draws:
         session_number = int(draw.session.split("-")[1])
         rng = rng_for(settings.seed, STREAM_SCAN, draw.index, session_number)
         t1_scale = float(rng.uniform(*T1_SCALE_RANGE))
@@ -247,46 +314,37 @@ def simulate_cohort(
             stale.unlink(missing_ok=True)  # from an earlier cohort in the same folder
 
         label = settings.label_names[int(subj.patient)] if subj.labelled else ""
-        site_name = site.name
-        rows.append({
+        result.rows.append({
             "subject": subj.subject, "session": draw.session, "label": label,
             "t1": paths["t1"], "falff": paths["falff"] if draw.has_falff else "",
-            "age": f"{draw.age:.1f}", "sex": subj.sex, "site": site_name,
+            "age": f"{draw.age:.1f}", "sex": subj.sex, "site": site.name,
         })
-        truth_rows.append({
+        result.truth_rows.append({
             "subject": subj.subject, "session": draw.session,
             "diagnosis": settings.label_names[int(subj.patient)], "label": label,
             "severity": f"{draw.severity:.4f}", "coupling": f"{subj.coupling:.4f}",
-            "age": f"{draw.age:.1f}", "sex": subj.sex, "site": site_name,
+            "age": f"{draw.age:.1f}", "sex": subj.sex, "site": site.name,
             "t1_noise": f"{t1_noise:.6f}", "falff_noise": f"{falff_noise:.6f}",
             "has_falff": str(int(draw.has_falff)),
         })
-        scans.append({
+        result.scans.append({
             "subject": subj.subject, "session": draw.session, "years": draw.years,
             "t1_scale": t1_scale, "falff_scale": falff_scale,
             **{f"{m}_rotation_deg": [float(v) for v in motions[m][0]] for m in MODALITIES},
             **{f"{m}_translation_mm": [float(v) for v in motions[m][1]] for m in MODALITIES},
         })
-
-    io.write_csv(truth / GROUND_TRUTH_FILES["subjects"], SUBJECTS_COLUMNS, truth_rows)
-    description = _description(settings, anatomy, weights, scans)
-    io.write_json(truth / GROUND_TRUTH_FILES["simulation"], description)
-    if settings.bids:
-
-        write_bids_layout(out, bold_timepoints=settings.bold_timepoints,
-                          repetition_time=settings.repetition_time, seed=settings.seed,
-                          progress=progress)
-    io.write_csv(manifest, MANIFEST_COLUMNS, rows)
-    return manifest
+    return result
 
 
-def _track(jobs: list[ScanDraw], progress: bool, description: str) -> Iterable[ScanDraw]:
+def _track(jobs: Iterable[Any], progress: bool, description: str,
+           total: int | None = None) -> Iterable[Any]:
     if not progress:
         return jobs
     from rich.console import Console
     from rich.progress import track
 
-    return track(jobs, description=description, console=Console(stderr=True), transient=True)
+    return track(jobs, description=description, console=Console(stderr=True), transient=True,
+                 total=total)
 
 
 def planted_effect_masks(out: Path) -> dict[str, Path]:
