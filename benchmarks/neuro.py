@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figure", type=Path, default=DEFAULT_FIGURE,
                         help=f"PNG to write (default: {DEFAULT_FIGURE})")
     parser.add_argument("--no-figure", action="store_true", help="write no figure")
+    parser.add_argument("--variants", type=lambda text: [v.strip() for v in text.split(",")],
+                        default=["fp32"],
+                        help="how the training steps run, compared in the same rounds: fp32 "
+                        "(default), fp32-cl (channels-last-3d), bf16 (bfloat16 autocast), "
+                        "bf16-cl (both)")
     return parser
 
 
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
         "batch_sizes": batch_sizes,
         "load_batch_sizes": load_batch_sizes,
         "objectives": list(TRAIN_OBJECTIVES),
+        "variants": list(args.variants),
         "split_files": split_files,
         "repeats": repeats,
         "warmup": warmup,
@@ -226,10 +232,13 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
 
         load_timings, load_notes = measure_loading(
             cohorts, grid_of, sizes, load_batch_sizes, device, warmup=warmup, repeats=repeats)
-        train_rows = measure_training(manifest, cohorts, grid_of, sizes, batch_sizes, device,
-                                      warmup=warmup, repeats=repeats)
+        all_train_rows = measure_training(manifest, cohorts, grid_of, sizes, batch_sizes,
+                                          device, warmup=warmup, repeats=repeats,
+                                          variants=args.variants)
+        # the loading part and the figure compare with the first variant's steps
+        train_rows = [r for r in all_train_rows if r.variant == args.variants[0]]
         memory_label = "allocator" if device.type == "cuda" else "profiler"
-        print_table(console, training_table(train_rows, memory_label))
+        print_table(console, training_table(all_train_rows, memory_label))
         console.print(f"Peak memory ({memory_label}) = {MEMORY_METHODS[device.type]}.")
         broken = [f"{r.size}³ {r.objective} batch {r.batch_size}" for r in train_rows
                   if not math.isfinite(r.loss)]
@@ -258,7 +267,7 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
     return harness.finish_run(console, meta, {
         "preprocessing": [asdict(r) for r in prep_rows],
         "loading": [asdict(r) for r in loading],
-        "training": [asdict(r) for r in train_rows],
+        "training": [asdict(r) for r in all_train_rows],
         "fed": summary,
         "figure": str(figure) if figure is not None else None,
     }, FOOTER, args.json)

@@ -257,7 +257,7 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
     returned = neuro.main([
         "--quick", "--subjects", "6", "--device", "cpu", "--threads", "1", "--repeats", "1",
         "--warmup", "0", "--split-files", "1", "--workdir", str(work), "--json", str(out),
-        "--figure", str(figure),
+        "--figure", str(figure), "--variants", "fp32,fp32-cl",
     ])
     assert torch.get_num_threads() == threads
     results = json.loads(out.read_text())
@@ -285,7 +285,13 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
                        "preprocess_ms", "warm_s", "warm_volumes_per_s", "warm_speedup",
                        "cache_bytes"))
 
-    training = results["training"]
+    assert meta["variants"] == ["fp32", "fp32-cl"]
+    both = results["training"]
+    # Each variant starts from the same weights on the same batches: same first loss.
+    first = {(r["objective"], r["batch_size"], r["variant"]): r["loss"] for r in both}
+    for (objective, batch, variant), loss in first.items():
+        assert loss == pytest.approx(first[(objective, batch, "fp32")], rel=1e-4)
+    training = [r for r in both if r["variant"] == "fp32"]
     assert sorted((r["objective"], r["batch_size"]) for r in training) == [
         ("CR-XX-CC-RR", 2), ("CR-XX-CC-RR", 4), ("RR", 2), ("RR", 4)]
     for row in training:
