@@ -76,7 +76,9 @@ class TrainRow:
 
 @dataclass
 class _VariantStep:
-    """A :class:`TrainingStep` under a variant's autocast (the layout is set up by the caller)."""
+    """A :class:`TrainingStep` whose forward runs under a variant's autocast, as Lightning's
+    mixed precision runs it (backward and optimiser outside); the layout is set up by the
+    caller."""
 
     step: TrainingStep
     device_type: str
@@ -85,8 +87,16 @@ class _VariantStep:
     def __call__(self) -> Tensor:
         if self.dtype is None:
             return self.step()
+        inner = self.step
+        index = next(inner.counter)
+        inner.optimizer.zero_grad(set_to_none=True)
+        generator = torch.Generator().manual_seed(index)
         with torch.autocast(self.device_type, dtype=self.dtype):
-            return self.step()
+            loss, _ = inner.model.compute_loss(inner.batches[index % len(inner.batches)],
+                                               generator)
+        loss.backward()
+        inner.optimizer.step()
+        return loss.detach()
 
 
 def training_batches(cohort: Cohort, batch_size: int, pad: int, device: torch.device

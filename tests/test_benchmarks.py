@@ -289,7 +289,7 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
     both = results["training"]
     # Each variant starts from the same weights on the same batches: same first loss.
     first = {(r["objective"], r["batch_size"], r["variant"]): r["loss"] for r in both}
-    for (objective, batch, variant), loss in first.items():
+    for (objective, batch, _variant), loss in first.items():
         assert loss == pytest.approx(first[(objective, batch, "fp32")], rel=1e-4)
     training = [r for r in both if r["variant"] == "fp32"]
     assert sorted((r["objective"], r["batch_size"]) for r in training) == [

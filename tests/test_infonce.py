@@ -379,3 +379,25 @@ def test_lean_penalty_is_accurate_on_many_scores():
     for chunk_size in (None, 3):
         lean = infonce(anchors, candidates, chunk_size=chunk_size).penalty.item()
         assert lean == pytest.approx(exact, rel=1e-6)
+
+
+def test_lean_backward_under_autocast_matches_float32() -> None:
+    """Forward and backward both inside ``torch.autocast`` (bf16): the lean estimator runs its
+    chunks in float32 both ways, so loss and gradients equal the float32 ones."""
+    torch.manual_seed(0)
+    anchors = torch.randn(6, 16, 4)
+    candidates = torch.randn(6, 16, 9)
+
+    def loss_and_grads(autocast: bool) -> tuple[torch.Tensor, ...]:
+        a = anchors.clone().requires_grad_()
+        c = candidates.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            result = infonce(a, c, estimator="lean")
+            total = result.loss + result.penalty
+            total.backward()
+        assert a.grad is not None and c.grad is not None
+        return total.detach(), a.grad, c.grad
+
+    for got, want in zip(loss_and_grads(True), loss_and_grads(False), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

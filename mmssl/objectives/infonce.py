@@ -543,6 +543,17 @@ class _ChunkedScores(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_positives: Tensor | None,
         grad_pairs: Tensor | None, grad_squares: Tensor | None,
     ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+        rows = ctx.saved_tensors[0]  # type: ignore[attr-defined]
+        # A backward run under autocast (not recommended, but users do it) must not recast the
+        # float32 chunks: the forward ran them in float32 (see _lean_infonce).
+        with torch.autocast(rows.device.type, enabled=False):
+            return _ChunkedScores._backward(ctx, grad_positives, grad_pairs, grad_squares)
+
+    @staticmethod
+    def _backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_positives: Tensor | None,
+        grad_pairs: Tensor | None, grad_squares: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
         rows, candidates, per_pair, squashed = ctx.saved_tensors  # type: ignore[attr-defined]
         batch, offset, clip = ctx.batch, ctx.offset, ctx.clip  # type: ignore[attr-defined]
         chunk, shift = ctx.chunk, ctx.shift  # type: ignore[attr-defined]
