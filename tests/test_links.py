@@ -171,3 +171,29 @@ def test_errors() -> None:
         cca_links(train, test, regularization=-1.0)
     with pytest.raises(ValueError, match="n_components"):
         cca_links(train, test, n_components=0)
+
+
+def test_confounds_have_the_same_columns_when_a_site_is_missing_from_test() -> None:
+    """A category level present in one split only (a site with no test subject) still gets
+    its indicator column in both splits, so the training fit applies to the test rows."""
+    import pandas as pd
+
+    from mmssl.runs.links import _confound_matrices
+
+    class FakeRun:
+        tables = {
+            "train": pd.DataFrame({"label": [0, 1, 0, 1], "age": [60.0, 70.0, 65.0, 72.0],
+                                   "sex": ["F", "M", "F", "M"], "site": ["S1", "S2", "S3", "S1"]}),
+            "test": pd.DataFrame({"label": [1, 0], "age": [68.0, 61.0], "sex": ["F", "F"],
+                                  "site": ["S1", "S1"]}),
+        }
+
+        def subjects(self, split, pair):
+            return self.tables[split]
+
+    train, test = _confound_matrices(FakeRun(), ["age", "sex", "site"], ("t1", "falff"))
+    # label, age, sex=M, site=S2, site=S3
+    assert train.shape == (4, 5) and test.shape == (2, 5)
+    assert test[:, 2].tolist() == [0.0, 0.0] and test[:, 3:].sum() == 0.0
+    assert train[:, 3].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert train[:, 4].tolist() == [0.0, 0.0, 1.0, 0.0]

@@ -45,22 +45,27 @@ from mmssl.runs.rundir import RunDir
 __all__ = ["run_links"]
 
 
-def _confound_matrix(brain_run: BrainRun, split: str, names: Sequence[str],
-                     pair: Sequence[str]) -> np.ndarray:
-    """Label plus the named covariates of a split's complete rows, numeric (categories
-    one-hot)."""
-    subjects = brain_run.subjects(split, pair)
-    columns = [subjects["label"].astype(float)]
+def _confound_matrices(brain_run: BrainRun, names: Sequence[str], pair: Sequence[str]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Label plus the named covariates of the train and test splits' complete rows, numeric,
+    with the same columns in both: a category becomes one indicator per level found in either
+    split (all but the first), so a site absent from the test subjects still has its column;
+    a covariate missing for some subject of either split is left out."""
+    splits = {split: brain_run.subjects(split, pair) for split in ("train", "test")}
+    columns: dict[str, list[pd.Series]] = {
+        split: [subjects["label"].astype(float)] for split, subjects in splits.items()}
     for name in names:
-        if name not in subjects.columns or subjects[name].isna().any():
+        if any(name not in s.columns or s[name].isna().any() for s in splits.values()):
             continue
-        column = subjects[name]
-        if pd.api.types.is_numeric_dtype(column):
-            columns.append(column.astype(float))
-        else:
-            columns += [(column == level).astype(float)
-                        for level in sorted(column.unique())[1:]]
-    return np.column_stack(columns)
+        if all(pd.api.types.is_numeric_dtype(s[name]) for s in splits.values()):
+            for split, subjects in splits.items():
+                columns[split].append(subjects[name].astype(float))
+            continue
+        levels = sorted({str(v) for s in splits.values() for v in s[name].unique()})
+        for split, subjects in splits.items():
+            values = subjects[name].astype(str)
+            columns[split] += [(values == level).astype(float) for level in levels[1:]]
+    return np.column_stack(columns["train"]), np.column_stack(columns["test"])
 
 
 def run_links(out: Path, *, components: int = 3, permutations: int = 200,
@@ -95,8 +100,7 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
             raise RunDirError("--confounds needs the covariates of a neuroimaging run")
         names = ["age", "sex", "site"] if confounds == "auto" else [
             c.strip() for c in confounds.split(",") if c.strip()]
-        c_train = _confound_matrix(brain_run, "train", names, pair)
-        c_test = _confound_matrix(brain_run, "test", names, pair)
+        c_train, c_test = _confound_matrices(brain_run, names, pair)
         train, test = residualise(train, test, c_train, c_test)
     result, reducers, reduced_test = reduced_cca_links(
         train, test, pca=pca, n_components=components, n_permutations=permutations,
