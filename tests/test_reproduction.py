@@ -117,3 +117,10 @@ def test_unbalanced_or_missing_blocks_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no generated block"):
         refresh_document(document)
 
+
+
+def test_committed_reproduction_equals_its_committed_results() -> None:
+    """Every table and verdict of REPRODUCTION.md is what the committed results files give."""
+    document = ROOT / "REPRODUCTION.md"
+    assert refresh_document(document, check=True) == [], (
+        "REPRODUCTION.md is stale: run `mmssl claims --refresh REPRODUCTION.md`")
