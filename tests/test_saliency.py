@@ -95,6 +95,25 @@ def test_probe_logit_equals_decision_function() -> None:
         torch.testing.assert_close(ProbeLogit(encoder, probe).eval()(x), logits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_heads_follow_their_encoder_to_the_gpu() -> None:
+    """Heads built around a CPU encoder that is moved to the GPU afterwards (as the brain
+    analyses do) evaluate there: their buffers follow the latent's device."""
+    encoder = tiny_encoder()
+    x = volumes(8)
+    z = features(encoder, x)
+    y = (z[:, 0] > np.median(z[:, 0])).astype(int)
+    probe = fit_probe((z, y), (z, y))
+    head = ProbeLogit(encoder, probe.model).eval()
+    readout = LinearReadout(encoder, z.mean(0), z.std(0) + 1e-3, np.ones((z.shape[1], 2)))
+    with torch.no_grad():
+        expected = head(x), readout(x)
+        encoder.cuda()
+        got = head(x.cuda()), readout(x.cuda())
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-4, atol=1e-5)
+
+
 def test_probe_logit_multiclass_and_errors() -> None:
     encoder = tiny_encoder()
     x = volumes(12)

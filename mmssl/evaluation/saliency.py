@@ -110,7 +110,9 @@ class _Head(nn.Module):
             raise ValueError(
                 f"encoder latent has {z.shape[1]} dimensions; the head expects {self.mean.shape[0]}"
             )
-        return (z - self.mean.to(z.dtype)) / self.scale.to(z.dtype)
+        # .to(z): the head's buffers follow the latent's device and dtype (the encoder may have
+        # been moved to a GPU after the head was built around it).
+        return (z - self.mean.to(z)) / self.scale.to(z)
 
 
 class ProbeLogit(_Head):
@@ -200,7 +202,7 @@ class ProbeLogit(_Head):
     def forward(self, x: Tensor) -> Tensor:
         """Decision function: (B,) for a binary probe, (B, K) for K > 2 classes."""
         u = self.standardised(x)
-        logits = u @ self.coef.to(u.dtype).T + self.intercept.to(u.dtype)
+        logits = u @ self.coef.to(u).T + self.intercept.to(u)
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
 
@@ -268,7 +270,7 @@ class LinearReadout(_Head):
     def forward(self, x: Tensor) -> Tensor:
         """(B, k) read-outs."""
         u = self.standardised(x)
-        return u @ self.weights.to(u.dtype)
+        return u @ self.weights.to(u)
 
 
 # --------------------------------------------------------------------------------------------
