@@ -14,7 +14,8 @@
 #    regions on an untrained control.
 # Every step is bounded by what is left of DEADLINE seconds; results are packed into
 # $OUT/results.tgz after each step, so a run cut short still returns what it finished.
-# SMOKE=1 runs the same steps on the CPU at toy sizes (to check the script before a lease).
+# SMOKE=1 runs the same steps on the CPU at toy sizes (to check the script before a lease);
+# SKIP_BENCH=1 leaves out 1 and 2; SUBJECTS, EPOCHS and PERMS size step 3.
 set -u
 OUT=${OUT:-gpu-out}
 PY=${PY:-python3}
@@ -37,7 +38,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   DEVICE=cpu; SUBJECTS=12; VOXEL=8; PRESET=neuro-quick; EPOCHS=1; BATCH=4; PERMS=20
   BENCH_SIZES=32; BENCH_BATCHES=2; BENCH_SUBJECTS=6; UNITS=2; EXTRA="--set model.width=4"
 else
-  DEVICE=cuda; SUBJECTS=200; VOXEL=3; PRESET=neuro; EPOCHS=${EPOCHS:-100}; BATCH=32
+  DEVICE=cuda; SUBJECTS=${SUBJECTS:-200}; VOXEL=3; PRESET=neuro; EPOCHS=${EPOCHS:-100}; BATCH=32
   PERMS=${PERMS:-500}; BENCH_SIZES=64; BENCH_BATCHES=16,32,64; BENCH_SUBJECTS=16; UNITS=16
   EXTRA=""
 fi
@@ -54,12 +55,14 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'python',
 SIM=$!
 
 QUICK=""; [ "${SMOKE:-0}" = 1 ] && QUICK="--quick"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
 run 60 $PY -m benchmarks.throughput --device $DEVICE $QUICK --skip-objectives \
     --skip-estimator --skip-methods --json "$OUT/speedup_$DEVICE.json"
 run 90 $PY -m benchmarks.neuro --device $DEVICE --sizes $BENCH_SIZES \
     --batch-sizes $BENCH_BATCHES --load-batch-sizes $BENCH_BATCHES --subjects $BENCH_SUBJECTS \
     --repeats 5 --warmup 2 --split-files 1 --variants fp32,fp32-cl,bf16,bf16-cl --no-figure \
     --workdir "$WORK/bench" --json "$OUT/neuro_$DEVICE.json"
+fi
 wait $SIM; log "$(tail -n 1 "$WORK/simulate.log")"
 
 cd "$WORK" || exit 1
