@@ -336,3 +336,29 @@ def test_a_corrupt_or_foreign_checkpoint_is_refused_without_unsafe_advice(tiny_m
     torch.save({"state_dict": {"x": torch.zeros(1)}, "hyper_parameters": {}}, last)
     assert main(["evaluate", "runs/a"]) == 2
     assert "not an mmssl taxonomy checkpoint" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_run_being_trained_elsewhere_is_refused_and_unlocked_when_that_process_dies(
+        tiny_mnist_dir, tmp_path, monkeypatch, capsys):
+    """A second trainer on one run directory (a stopped sweep's worker still running, then the
+    sweep started again) is refused with the holder's name; a killed holder frees the run."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *tiny_args(tiny_mnist_dir, "runs/a", epochs=1)]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import fcntl, sys, time
+        handle = open("runs/a/.training.lock", "a+")
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.truncate(0); handle.write("mmssl process 4242 on elsewhere"); handle.flush()
+        print("locked", flush=True); time.sleep(60)
+    """)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["run", "--resume", "--out", "runs/a"]) == 2
+        output = " ".join(capsys.readouterr().out.split())
+        assert "is being trained by mmssl process 4242 on elsewhere" in output
+        assert "continue with --resume" in output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["run", "--resume", "--out", "runs/a"]) == 0  # the dead holder's lock is gone
+    assert "mmssl process" in (tmp_path / "runs" / "a" / ".training.lock").read_text()

@@ -22,8 +22,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -64,6 +66,46 @@ def process_rank() -> int:
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return 0
+
+
+#: The file a training process holds locked in its run directory.
+LOCK_NAME = ".training.lock"
+
+
+@contextlib.contextmanager
+def training_lock(run: RunDir) -> Iterator[None]:
+    """Hold an exclusive lock on ``run`` while this process trains it (process 0 only).
+
+    Two processes training one run directory would interleave checkpoints and curves (a sweep
+    stopped with its workers still running, then started again, does exactly that). The lock
+    is an ``flock`` on ``.training.lock``, released by the operating system when the process
+    ends however it ends, so a killed run never stays locked; the file names the holder.
+
+    Raises:
+        RunDirError: another process holds the lock, naming it.
+    """
+    if process_rank() != 0:
+        yield
+        return
+    path = run.root / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 — held for the duration of the context
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirError(
+                f"{run.root} is being trained by {holder}; wait for it to finish or stop it, "
+                f"then continue with --resume") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"mmssl process {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -236,7 +278,7 @@ def pretrain(
     config = open_run_dir(config, run, resume)
     if process_rank() == 0 and resume:
         preflight(config, run.root)
-    with attached_log(run):
+    with training_lock(run), attached_log(run):
         if run.pretrained():
             log.info("pretraining of %s already finished; skipping", run.root)
             return run.checkpoint(config.trainer.checkpoint)
