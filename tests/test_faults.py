@@ -275,13 +275,20 @@ def test_divergence_after_a_good_epoch_names_the_kept_checkpoint(tiny_mnist_dir,
     assert fit_progress(tmp_path / "runs/late/checkpoints/last.ckpt")[0] == 1
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_one_line_exits_130_and_resumes(tiny_mnist_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     mmssl = Path(sys.executable).parent / "mmssl"
     process = subprocess.Popen([str(mmssl), "run", *tiny_args(tiny_mnist_dir, "runs/ctrlc",
                                                                   epochs=30)],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True,
+                               # a suite started in the background (nohup, `&`) inherits an
+                               # ignored SIGINT; a user's terminal does not
+                               preexec_fn=_default_sigint)
     checkpoint = tmp_path / "runs" / "ctrlc" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
