@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -152,17 +153,15 @@ class EstimatorSettings:
         if self.temperature <= 0:
             raise ObjectiveError(f"temperature must be positive; got {self.temperature}")
 
+    def _estimator_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`infonce` and :func:`masked_infonce` these settings
+        fix (one list, so a new setting reaches both)."""
+        return {"critic": self.critic, "clip": self.clip, "penalty_weight": self.penalty_weight,
+                "temperature": self.temperature, "gather": self.gather,
+                "estimator": self.estimator}
+
     def __call__(self, anchors: Tensor, candidates: Tensor) -> InfoNCEResult:
-        return infonce(
-            anchors,
-            candidates,
-            critic=self.critic,
-            clip=self.clip,
-            penalty_weight=self.penalty_weight,
-            temperature=self.temperature,
-            gather=self.gather,
-            estimator=self.estimator,
-        )
+        return infonce(anchors, candidates, **self._estimator_settings())
 
     def term(self, anchors: Tensor, candidates: Tensor,
              valid: Tensor | None) -> InfoNCEResult | None:
@@ -170,17 +169,7 @@ class EstimatorSettings:
         two samples are valid (:func:`~mmssl.objectives.infonce.masked_infonce`)."""
         if valid is None:
             return self(anchors, candidates)
-        return masked_infonce(
-            anchors,
-            candidates,
-            valid,
-            critic=self.critic,
-            clip=self.clip,
-            penalty_weight=self.penalty_weight,
-            temperature=self.temperature,
-            gather=self.gather,
-            estimator=self.estimator,
-        )
+        return masked_infonce(anchors, candidates, valid, **self._estimator_settings())
 
 
 @dataclass
