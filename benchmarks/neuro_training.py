@@ -74,31 +74,6 @@ class TrainRow:
     variant: str = "fp32"  # how the step ran (VARIANTS)
 
 
-@dataclass
-class _VariantStep:
-    """A :class:`TrainingStep` whose forward runs under a variant's autocast, as Lightning's
-    mixed precision runs it (backward and optimiser outside); the layout is set up by the
-    caller."""
-
-    step: TrainingStep
-    device_type: str
-    dtype: torch.dtype | None
-
-    def __call__(self) -> Tensor:
-        if self.dtype is None:
-            return self.step()
-        inner = self.step
-        index = next(inner.counter)
-        inner.optimizer.zero_grad(set_to_none=True)
-        generator = torch.Generator().manual_seed(index)
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            loss, _ = inner.model.compute_loss(inner.batches[index % len(inner.batches)],
-                                               generator)
-        loss.backward()
-        inner.optimizer.step()
-        return loss.detach()
-
-
 def training_batches(cohort: Cohort, batch_size: int, pad: int, device: torch.device
                      ) -> list[dict[str, Tensor]]:
     """:data:`BATCH_POOL` augmented training batches of the cohort (rows cycled), on device."""
@@ -140,7 +115,7 @@ def measure_training(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    steps: dict[tuple[int, int, str, str], _VariantStep] = {}
+    steps: dict[tuple[int, int, str, str], TrainingStep] = {}
     first_loss: dict[tuple[int, int, str, str], float] = {}
     info: dict[tuple[int, str], tuple[str, int]] = {}
     for size in sizes:
@@ -158,8 +133,7 @@ def measure_training(
                 laid_out = [{k: to_memory_format(v, memory_format) for k, v in b.items()}
                             for b in batches]
                 key = (size, batch_size, objective, variant)
-                steps[key] = _VariantStep(TrainingStep(model, optimizer, laid_out), device.type,
-                                          dtype)
+                steps[key] = TrainingStep(model, optimizer, laid_out, autocast=dtype)
                 first_loss[key] = float(steps[key]())  # untimed: lazy state, checks the loss
     timings = time_interleaved({"/".join(map(str, k)): s for k, s in steps.items()}, device,
                                warmup=warmup, repeats=repeats)
@@ -168,7 +142,7 @@ def measure_training(
         size, batch_size, objective, variant = key
         t = timings["/".join(map(str, key))]
         gflop = count_flops(step) / 1e9
-        step.step.optimizer.zero_grad(set_to_none=True)
+        step.optimizer.zero_grad(set_to_none=True)
         rows.append(TrainRow(
             size=size, grid=grids[size].label, tap=info[(size, objective)][0],
             objective=objective, batch_size=batch_size, parameters=info[(size, objective)][1],

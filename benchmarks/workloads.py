@@ -71,12 +71,16 @@ class TrainingStep:
     """A full training step per call, cycling through ``batches``; returns the detached loss.
 
     Call ``k`` (from 0) uses ``batches[k % len(batches)]`` and the generator seeded with ``k``.
+    With ``autocast`` (a dtype such as ``torch.bfloat16``) the forward and the loss run under
+    :func:`torch.autocast` on the batch's device, backward and optimiser outside it, as
+    Lightning's mixed precision runs them.
     """
 
     model: LossModel
     optimizer: torch.optim.Optimizer
     batches: Sequence[Mapping[str, Tensor]]
     counter: Iterator[int] = field(default_factory=itertools.count)
+    autocast: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -87,7 +91,11 @@ class TrainingStep:
         step = next(self.counter)
         self.optimizer.zero_grad(set_to_none=True)
         generator = torch.Generator().manual_seed(step)
-        loss, _ = self.model.compute_loss(self.batches[step % len(self.batches)], generator)
+        batch = self.batches[step % len(self.batches)]
+        device_type = next(iter(batch.values())).device.type
+        with torch.autocast(device_type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            loss, _ = self.model.compute_loss(batch, generator)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
