@@ -66,6 +66,7 @@ def test_performance_defaults():
 
 def _method(shape: tuple[int, ...], objective: str = "CR-XX-CC-RR",
             estimator: str = "lean") -> TaxonomyMethod:
+    torch.manual_seed(0)  # the weights, whatever tests ran before in this process
     method = TaxonomyMethod.create(
         ["a", "b"], {"a": shape, "b": shape},
         model={"width": 4, "latent_dim": 8, "head_dim": 8, "local_taps": ["block0"]},
