@@ -142,6 +142,8 @@ def cases() -> list[tuple[str, list[str], str]]:
         ("saliency-method", ["saliency", "notes", "--methods", "occlusion"], "occlusion"),
         ("regions-method", ["regions", "notes", "--method", "lime"], "--method 'lime'"),
         ("regions-alpha", ["regions", "notes", "--alpha", "2"], "--alpha must be in (0, 1)"),
+        ("regions-smooth", ["regions", "notes", "--smooth", "-4"],
+         "smoothing FWHM must be a non-negative number of mm"),
     ]
 
 

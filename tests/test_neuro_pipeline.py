@@ -144,6 +144,42 @@ def test_regions_tests_groups_and_names_clusters(neuro_run):
         assert np.isfinite(np.asarray(t_map.dataobj)).all()
         assert entry["planted_regions"]  # the simulated cohort names its planted regions
         assert 0.0 <= entry["localisation_auc"]["t"] <= 1.0
+        assert 0.0 <= entry["input_localisation_auc"] <= 1.0  # the model-free reference
+
+
+def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
+    """``--method input --smooth F`` tests the preprocessed volumes themselves after smoothing
+    inside the brain: its t map equals a numpy OLS of those volumes, the reference a learned
+    map's report quotes is the same number, and the planted T1 atrophy is found."""
+    from mmssl.evaluation.group import design_matrix
+    from mmssl.evaluation.smoothing import smooth_within_mask
+    from mmssl.runs.brainrun import open_brain_run
+
+    assert main(["regions", str(neuro_run), "--method", "input", "--smooth", "8",
+                 "--permutations", "20"]) == 0
+    report = json.loads((neuro_run / "regions" / "regions_input.json").read_text())
+    assert report["smooth_fwhm_mm"] == 8.0
+    brain_run = open_brain_run(neuro_run)
+    subjects = brain_run.subjects("all", ["t1"])
+    volumes = brain_run.volumes(brain_run.rows("all", ["t1"]), "t1")[:, 0].numpy()
+    smoothed = smooth_within_mask(volumes, brain_run.brain, 8.0, brain_run.grid.voxel_size)
+    design = design_matrix(subjects["label"].to_numpy(), subjects[["age", "sex", "site"]])
+    matrix = design.matrix
+    y = smoothed[:, brain_run.brain].astype(np.float64)
+    beta, *_ = np.linalg.lstsq(matrix, y, rcond=None)
+    residual = y - matrix @ beta
+    sigma2 = (residual ** 2).sum(0) / (len(y) - matrix.shape[1])
+    t = beta[0] / np.sqrt(sigma2 * np.linalg.inv(matrix.T @ matrix)[0, 0])
+    t_map = np.asarray(nib.load(neuro_run / report["modalities"]["t1"]["maps"]["t"]).dataobj)
+    np.testing.assert_allclose(t_map[brain_run.brain], t, rtol=1e-3, atol=1e-3)
+    entry = report["modalities"]["t1"]
+    assert "input_localisation_auc" not in entry  # it is the reference
+    assert entry["localisation_auc"]["t"] > 0.7
+    assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4", "--smooth",
+                 "8", "--permutations", "20"]) == 0
+    latent = json.loads((neuro_run / "regions" / "regions_latent.json").read_text())
+    assert latent["modalities"]["t1"]["input_localisation_auc"] == pytest.approx(
+        entry["localisation_auc"]["t"], abs=1e-9)
 
 
 def test_links_report_test_correlations_against_a_permutation_null(neuro_run):

@@ -115,7 +115,7 @@ def cmd_regions(args: Any) -> int:
     report = run_regions(Path(args.run_dir), method=args.method, split=args.split,
                          permutations=args.permutations, alpha=args.alpha,
                          covariates=names(args.covariates), settings=map_settings(args),
-                         device=args.device)
+                         device=args.device, smooth_mm=args.smooth)
     clusters = pd.read_csv(Path(args.run_dir) / "regions.csv")
     table = RichTable(title=f"Regions separating patients from controls — {args.run_dir} "
                             f"({report['subjects']} subjects, {args.method} maps, FWE p < "
@@ -135,6 +135,9 @@ def cmd_regions(args: Any) -> int:
         if "localisation_auc" in entry:
             line += (f"; localisation AUC of the t map {entry['localisation_auc']['t']:.3f}; "
                      f"planted region ranked {entry['planted_rank_in_summary']} among regions")
+        if "input_localisation_auc" in entry:
+            line += (f" (the inputs themselves, same test: "
+                     f"{entry['input_localisation_auc']:.3f})")
         console.print(line, soft_wrap=True)
     console.print(f"table: {Path(args.run_dir) / 'regions.csv'}; maps and figures: "
                   f"{Path(args.run_dir) / 'regions'}", soft_wrap=True)
@@ -296,7 +299,8 @@ def saliency_parser(parser: ArgumentParser) -> None:
 def regions_parser(parser: ArgumentParser) -> None:
     parser.add_argument("run_dir", type=str)
     parser.add_argument("--method", type=str, default="ig",
-                        help="per-subject maps to test: latent, smoothgrad or ig")
+                        help="per-subject maps to test: latent, smoothgrad, ig, or input (the "
+                        "preprocessed volumes: the model-free reference analysis)")
     parser.add_argument("--split", type=str, default="all", help="subjects: train, val, "
                         "test or all")
     parser.add_argument("--permutations", type=int, default=1000,
@@ -305,6 +309,9 @@ def regions_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--covariates", type=str, default="age,sex,site",
                         help="covariates adjusted for (those the manifest has)")
     parser.add_argument("--rows", type=int, default=12, help="clusters shown")
+    parser.add_argument("--smooth", type=float, default=0.0,
+                        help="FWHM (mm) of a Gaussian smoothing of every subject's map inside "
+                        "the brain before the test (0: none; VBM uses 8)")
     map_flags(parser)
 
 

@@ -9,6 +9,11 @@ Three kinds of per-subject map, each a volume on the run's grid (the input's MNI
 * ``ig`` — Integrated Gradients of the probe's decision from the training subjects' mean
   volume (signed; patients' attributions sit where they differ from the typical brain).
 
+and one reference that involves no model: ``input`` — the preprocessed volumes themselves, so
+a group test of them is the classical mass-univariate (VBM-like) analysis. It bounds what any
+map of a model can localise on a cohort: a map cannot show a group difference the inputs do
+not carry, and a learned map that localises no better than ``input`` adds nothing to it.
+
 Maps of a split are computed once and kept in ``saliency/maps/<split>/<modality>-<method>.npy``
 (float16) with their subjects in ``saliency/maps/<split>/<modality>-subjects.csv``: the
 subjects whose session has that modality (an incomplete cohort maps each modality where it is
@@ -45,12 +50,14 @@ from mmssl.evaluation.saliency import (
 from mmssl.runs.evaluation import LoadedRun, load_run, read_features
 from mmssl.runs.rundir import RunDir
 
-__all__ = ["METHODS", "SPLITS", "BrainRun", "MapSettings", "open_brain_run"]
+__all__ = ["GROUP_METHODS", "METHODS", "SPLITS", "BrainRun", "MapSettings", "open_brain_run"]
 
 log = logging.getLogger("mmssl")
 
 #: The kinds of per-subject map.
 METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig")
+#: What a group test can take: the model's maps plus the model-free reference ``input``.
+GROUP_METHODS: tuple[str, ...] = (*METHODS, "input")
 #: The subject sets maps are made for (``all``: every labelled evaluation subject).
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 
@@ -189,8 +196,11 @@ class BrainRun:
              settings: MapSettings | None = None) -> np.ndarray:
         """Per-subject maps (N, *grid) of ``method`` for a split's subjects (cached)."""
         settings = settings or MapSettings()
-        if method not in METHODS:
-            raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+        if method not in GROUP_METHODS:
+            raise ValueError(f"--method {method!r}: expected one of {', '.join(GROUP_METHODS)}")
+        if method == "input":  # no model: the preprocessed volumes, inside the brain
+            volumes = self.volumes(self.rows(split, [modality]), modality)[:, 0].numpy()
+            return (volumes * self.brain).astype(np.float32)
         folder = self.run.saliency / "maps" / split
         path = folder / f"{modality}-{settings.key(method)}.npy"
         subjects = self.subjects(split, [modality])

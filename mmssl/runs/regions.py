@@ -1,7 +1,8 @@
 """``mmssl regions RUN_DIR``: which brain regions separate patients from controls, at group level.
 
-For each modality, the per-subject maps of one method (default ``ig``; see
-:mod:`mmssl.runs.brainrun`) of a split's labelled subjects (default ``all``) enter a voxel-wise
+For each modality, the per-subject maps of one method (default ``ig``; ``input`` tests the
+preprocessed volumes themselves, the model-free reference; see :mod:`mmssl.runs.brainrun`) of a
+split's labelled subjects (default ``all``) enter a voxel-wise
 GLM inside the brain — patients vs controls, adjusted for the covariates the manifest has
 (age, sex, site by default) — whose family-wise error is controlled by Freedman–Lane max-T
 permutations (:func:`~mmssl.evaluation.group.voxelwise_group_test`, nilearn's
@@ -37,7 +38,8 @@ from mmssl.evaluation.clusters import cluster_table, region_summary
 from mmssl.evaluation.group import voxelwise_group_test
 from mmssl.evaluation.plots import plot_map
 from mmssl.evaluation.saliency import localisation_auc
-from mmssl.runs.brainrun import METHODS, BrainRun, MapSettings, open_brain_run
+from mmssl.evaluation.smoothing import fwhm_to_sigma_voxels, smooth_within_mask
+from mmssl.runs.brainrun import GROUP_METHODS, BrainRun, MapSettings, open_brain_run
 
 __all__ = ["planted_rank", "run_regions"]
 
@@ -68,10 +70,17 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
                 permutations: int = 1000, alpha: float = 0.05,
                 covariates: Sequence[str] = DEFAULT_COVARIATES, atlas: str = "harvard_oxford",
                 settings: MapSettings | None = None, device: str | None = None,
-                seed: int = 0) -> dict[str, Any]:
-    """Group inference on one method's per-subject maps; writes regions/ and regions.csv."""
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+                seed: int = 0, smooth_mm: float = 0.0) -> dict[str, Any]:
+    """Group inference on one method's per-subject maps; writes regions/ and regions.csv.
+
+    ``smooth_mm`` > 0 smooths every subject's map inside the brain with a Gaussian of that FWHM
+    first (:func:`~mmssl.evaluation.smoothing.smooth_within_mask`). On a simulated cohort the
+    report also gives the localisation of the ``input`` reference under the same model and
+    smoothing (its t map only), so a learned map is read against what the inputs carry.
+    """
+    fwhm_to_sigma_voxels(smooth_mm, (1.0,))  # validates before anything is loaded
+    if method not in GROUP_METHODS:
+        raise ValueError(f"--method {method!r}: expected one of {', '.join(GROUP_METHODS)}")
     if not 0 < alpha < 1:
         raise ValueError(f"--alpha must be in (0, 1); got {alpha}")
     if permutations < 1:
@@ -92,6 +101,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
         "method": method, "split": split, "subjects": int(keep.sum()),
         "patients": int((labels[keep] == 1).sum()), "permutations": permutations,
         "alpha": alpha, "covariates": list(design.columns) if design is not None else [],
+        "smooth_fwhm_mm": smooth_mm,
         "atlas": reference.name, "modalities": {}, "figures": [],
     }
     for modality in brain_run.modalities:
@@ -99,10 +109,12 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
         labels = brain_run.subjects(split, [modality])["label"].to_numpy()
         keep = labels >= 0
         design = _covariates(brain_run, split, covariates, modality)
-        maps = brain_run.maps(modality, method, split, settings)[keep]
-        test = voxelwise_group_test(
-            maps, labels[keep], design.loc[keep].reset_index(drop=True) if design is not None
-            else None, mask=brain_run.brain, n_permutations=permutations, seed=seed)
+        adjust = design.loc[keep].reset_index(drop=True) if design is not None else None
+        voxel_size = brain_run.grid.voxel_size
+        maps = smooth_within_mask(brain_run.maps(modality, method, split, settings)[keep],
+                                  brain_run.brain, smooth_mm, voxel_size)
+        test = voxelwise_group_test(maps, labels[keep], adjust, mask=brain_run.brain,
+                                    n_permutations=permutations, seed=seed)
         t_volume = test.t_volume
         significant = test.threshold(alpha)
         neg_log_p = test.volume(-np.log10(np.clip(test.p_fwe, 1e-12, 1.0)))
@@ -141,6 +153,13 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
                 "difference": localisation_auc(
                     np.abs(maps[labels[keep] == 1].mean(0) - maps[labels[keep] == 0].mean(0)),
                     truth[modality], brain_run.brain)}
+            if method != "input":  # the model-free reference, same GLM and smoothing
+                inputs = smooth_within_mask(brain_run.maps(modality, "input", split)[keep],
+                                            brain_run.brain, smooth_mm, voxel_size)
+                reference_t = voxelwise_group_test(inputs, labels[keep], adjust,
+                                                   mask=brain_run.brain, n_permutations=0).t_volume
+                entry["input_localisation_auc"] = localisation_auc(
+                    np.abs(reference_t), truth[modality], brain_run.brain)
             regions = planted.get((modality, "effect"), ())
             entry["planted_regions"] = list(regions)
             entry["planted_rank_in_summary"] = planted_rank(summary, "region", regions)
