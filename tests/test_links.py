@@ -197,3 +197,65 @@ def test_confounds_have_the_same_columns_when_a_site_is_missing_from_test() -> N
     assert test[:, 2].tolist() == [0.0, 0.0] and test[:, 3:].sum() == 0.0
     assert train[:, 3].tolist() == [0.0, 1.0, 0.0, 0.0]
     assert train[:, 4].tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def _structured_pair(rng: np.random.Generator, n: int, mixes: tuple[np.ndarray, np.ndarray],
+                     shared: float) -> dict[str, np.ndarray]:
+    """64-d representations of low rank (6 private factors each, as a trained encoder's are)
+    plus a factor both modalities carry with weight ``shared`` (0: nothing links them)."""
+    link = rng.standard_normal((n, 1))
+    out = {}
+    for name, mix in zip(("t1", "falff"), mixes, strict=True):
+        factors = rng.standard_normal((n, 6))
+        out[name] = (factors @ mix[:6] + shared * link @ mix[6:]
+                     + 0.3 * rng.standard_normal((n, 64)))
+    return out
+
+
+def _link_rate(draws: int, shared: float, permutations: int) -> float:
+    """How often the held-out test (PCA 10, 3 pairs, Holm) calls any pair significant at 0.05,
+    at the brain issue's split sizes (128 training, 40 test subjects)."""
+    from mmssl.evaluation.links import reduced_cca_links
+    from mmssl.evaluation.stats import holm
+
+    rng = np.random.default_rng(2024)
+    hits = 0
+    for draw in range(draws):
+        mixes = (rng.standard_normal((7, 64)), rng.standard_normal((7, 64)))
+        train = _structured_pair(rng, 128, mixes, shared)
+        test = _structured_pair(rng, 40, mixes, shared)
+        result, _, _ = reduced_cca_links(train, test, pca=10, n_components=3,
+                                         n_permutations=permutations, seed=draw)
+        hits += bool((holm(result.p_values) < 0.05).any())
+    return hits / draws
+
+
+def test_links_false_positive_rate_is_at_most_alpha_with_no_shared_factor() -> None:
+    """The null calibration on a fast setting: 120 independent pairs of structured 64-d
+    representations (1,000 draws: the slow twin). The bound is alpha plus 2.5 binomial
+    standard errors. With 3 pairs Holm multiplies the smallest p by 3, so the permutation count
+    must allow p < 0.05 / 3 at all (50 permutations could never reject: 3/51 > 0.05)."""
+    rate = _link_rate(120, shared=0.0, permutations=100)
+    assert rate <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 120), rate
+
+
+@pytest.mark.slow
+def test_links_false_positive_rate_over_a_thousand_null_draws() -> None:
+    rate = _link_rate(1000, shared=0.0, permutations=100)
+    assert rate <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 1000), rate
+
+
+def test_links_find_a_shared_factor_of_moderate_strength() -> None:
+    """The same test is not blind: a factor shared with weight 0.5 (each private factor has
+    weight 1) is found in most draws."""
+    assert _link_rate(30, shared=0.5, permutations=100) >= 0.8
+
+
+def test_a_permutation_count_too_small_for_holm_is_named() -> None:
+    from mmssl.runs.links import resolution_note
+
+    note = resolution_note(3, 50, 0.05)
+    assert note is not None and "no link can be significant" in note and "at least 60" in note
+    assert resolution_note(3, 59, 0.05) is not None  # 3/60 = 0.05 is the floor: 59 is short
+    assert resolution_note(3, 60, 0.05) is None  # 3/61 < 0.05
+    assert resolution_note(1, 20, 0.05) is None and resolution_note(3, 0, 0.05) is None

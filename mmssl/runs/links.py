@@ -20,6 +20,7 @@ two maps side by side.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,27 @@ from mmssl.runs.brainrun import BrainRun, open_brain_run
 from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import RunDir
 
-__all__ = ["run_links"]
+__all__ = ["resolution_note", "run_links"]
+
+log = logging.getLogger("mmssl")
+
+
+def resolution_note(components: int, permutations: int, alpha: float) -> str | None:
+    """A warning when the permutation count makes a significant link impossible.
+
+    A permutation p-value is at least 1 / (permutations + 1), and Holm multiplies the smallest
+    of ``components`` of them by ``components``; when that floor is not below ``alpha`` no pair can
+    be called significant whatever the data (e.g. 3 pairs and 50 permutations: 3/51 > 0.05).
+    """
+    if permutations < 1:
+        return None
+    floor = components / (permutations + 1)
+    if floor < alpha:  # a link is significant when p_holm < alpha
+        return None
+    needed = int(np.ceil(components / alpha))
+    return (f"--permutations {permutations} with {components} pairs: the smallest Holm-adjusted "
+            f"p is {floor:.3f}, not below alpha {alpha:g}, so no link can be significant; use "
+            f"at least {needed} permutations")
 
 
 def _confound_matrices(brain_run: BrainRun, names: Sequence[str], pair: Sequence[str]
@@ -80,6 +101,9 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     started = time.perf_counter()
     run = RunDir(Path(out))
     run.require_evaluated()
+    floor = resolution_note(components, permutations, alpha)
+    if floor:
+        log.warning(floor)
     config = cfg.load(run.config)
     features, labels = read_features(run.features)
     pair = list(modalities or config.modalities[:2])
@@ -117,6 +141,8 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     scatter = canonical_scatter(variates, test_labels, pair,
                                 run.links / "component0_scatter.png")
     report["figures"].append(run.relative(scatter))
+    if floor:
+        report["warning"] = floor
     if brain_run is None:
         io.write_json(run.links_summary, report)
         return report
