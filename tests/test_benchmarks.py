@@ -334,3 +334,50 @@ def test_scaling_benchmark_quick_reports_batch_and_process_scaling(tmp_path):
         assert math.isfinite(row["pairs_per_s"]) and row["pairs_per_s"] > 0
     assert json.loads((tmp_path / "scaling.json").read_text()) == json.loads(json.dumps(result))
     assert {"torch", "device", "cores", "objective", "load_before"} <= set(result["meta"])
+
+
+# The null calibration of `mmssl links` (benchmarks.links_null)
+
+def test_clopper_pearson_matches_scipy_exact_interval() -> None:
+    from scipy.stats import binomtest
+
+    from benchmarks.links_null import clopper_pearson
+
+    for hits, trials in ((0, 20), (1, 20), (7, 20), (20, 20), (3, 400)):
+        expected = binomtest(hits, trials).proportion_ci(confidence_level=0.95, method="exact")
+        assert clopper_pearson(hits, trials) == pytest.approx(
+            (expected.low, expected.high), abs=1e-9)
+    with pytest.raises(ValueError, match="hits <= trials"):
+        clopper_pearson(3, 2)
+
+
+def test_links_null_summarises_a_seed_by_its_holm_p_values() -> None:
+    from benchmarks.links_null import summarise_seed
+
+    links = {"n_train": 128, "n_test": 40, "test_correlations": [0.41, 0.1, -0.05],
+             "p_values": [0.004, 0.3, 0.7], "p_holm": [0.012, 0.6, 0.7],
+             "table": [{"t1_r_severity": 0.1, "falff_r_severity": -0.2, "t1_r_coupling": 0.5,
+                        "falff_r_coupling": 0.45, "other": 1}]}
+    summary = summarise_seed(links, alpha=0.05)
+    assert summary["significant"] is True
+    assert summary["first_pair"] == {"t1_r_severity": 0.1, "falff_r_severity": -0.2,
+                                     "t1_r_coupling": 0.5, "falff_r_coupling": 0.45}
+    assert summarise_seed(links, alpha=0.01)["significant"] is False  # 0.012 is not below 0.01
+
+
+@pytest.mark.slow
+def test_links_null_runs_the_command_line_per_seed_and_resumes(tmp_path: Path) -> None:
+    from benchmarks.links_null import main as links_null
+
+    argv = ["--seeds", "1", "--subjects", "40", "--epochs", "1", "--voxel-size", "12",
+            "--permutations", "60", "--work", str(tmp_path / "work")]
+    summary = links_null(argv)
+    assert summary["seeds"][0]["n_test"] > 0 and len(summary["seeds"][0]["p_holm"]) == 3
+    assert summary["rate"] in (0.0, 1.0) and summary["rate_ci95"][1] > 0.8
+    written = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert written["significant"] == summary["significant"]
+    log = (tmp_path / "work" / "seed0.log").read_text()
+    assert log.count("$ mmssl") == 3  # simulate, run, links
+    again = links_null(argv)  # finished seeds are read back, not rerun
+    assert again["seeds"][0]["test_correlations"] == summary["seeds"][0]["test_correlations"]
+    assert (tmp_path / "work" / "seed0.log").read_text() == log

@@ -182,6 +182,38 @@ def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
         entry["localisation_auc"]["t"], abs=1e-9)
 
 
+def test_audit_decodes_diagnosis_covariates_and_planted_latents(neuro_run, capsys):
+    assert main(["audit", str(neuro_run), "--folds", "3", "--components", "8"]) == 0
+    assert "What the representation encodes" in capsys.readouterr().out
+    report = json.loads((neuro_run / "audit.json").read_text())
+    table = pd.read_csv(neuro_run / "audit.csv")
+    assert set(table["source"]) == {"t1 z", "t1 inputs", "falff z", "falff inputs"}
+    assert {"diagnosis", "age", "site", "severity (patients)", "coupling"} <= set(
+        table["variable"])
+    site = table[table["variable"] == "site"].iloc[0]
+    assert site["metric"] == "balanced_accuracy" and site["chance"] == pytest.approx(1 / 3,
+                                                                                     abs=1e-4)
+    t1_site = table[(table["variable"] == "site") & (table["source"] == "t1 inputs")]
+    assert t1_site["score"].item() > 0.7  # the simulated sites differ in T1 contrast
+    # the representation's row is decode() of the run's features and labels, train+val+test
+    from mmssl.evaluation.audit import decode
+    from mmssl.runs.evaluation import read_features
+
+    features, labels = read_features(neuro_run / "features.npz")
+    splits = ("train", "val", "test")
+    expected = decode(np.concatenate([features[s]["t1"] for s in splits]),
+                      np.concatenate([labels[s] for s in splits]), kind="categorical",
+                      folds=3, seed=0)
+    diagnosis = table[(table["variable"] == "diagnosis") & (table["source"] == "t1 z")]
+    assert diagnosis["metric"].item() == "roc_auc"
+    assert diagnosis["score"].item() == pytest.approx(expected.score, abs=1e-4)
+    for entry in report["modalities"].values():
+        assert entry["subjects"] == len(pd.read_csv(neuro_run / "splits.csv").query(
+            "probe_split == probe_split"))  # every labelled evaluation subject
+    assert (neuro_run / report["figure"]).read_bytes()[:4] == b"\x89PNG"
+    assert main(["audit", str(neuro_run), "--folds", "1"]) == 2
+
+
 def test_links_report_test_correlations_against_a_permutation_null(neuro_run):
     assert main(["links", str(neuro_run), "--permutations", "20", "--components", "2"]) == 0
     report = json.loads((neuro_run / "links.json").read_text())

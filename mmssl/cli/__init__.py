@@ -6,6 +6,7 @@
     mmssl claims   SWEEP_DIR | --scores FILE...    mmssl report DIR
     mmssl simulate --out DIR    mmssl manifest BIDS_DIR    mmssl falff BIDS_DIR|BOLD
     mmssl saliency RUN_DIR      mmssl regions RUN_DIR      mmssl links RUN_DIR
+    mmssl audit RUN_DIR
     mmssl generate RUN_DIR
     mmssl list
 
@@ -76,6 +77,8 @@ COMMANDS: tuple[Command, ...] = (
             brain.regions_parser, brain.cmd_regions),
     Command("links", "multimodal links through a shared subspace", brain.links_parser,
             brain.cmd_links),
+    Command("audit", "what a brain run's representation encodes: diagnosis, covariates, "
+            "site", brain.audit_parser, brain.cmd_audit),
     Command("list", "objectives, methods, datasets and presets", _no_arguments,
             brain.cmd_list),
 )

@@ -1,4 +1,5 @@
-"""``mmssl simulate``, ``manifest``, ``falff``, ``saliency``, ``regions``, ``links``, ``list``.
+"""``mmssl simulate``, ``manifest``, ``falff``, ``saliency``, ``regions``, ``links``, ``audit``,
+``list``.
 
 Handlers import the library when they run, so ``mmssl --help`` and argument errors answer at
 once, without loading torch and Lightning."""
@@ -175,6 +176,32 @@ def cmd_links(args: Any) -> int:
     return 0
 
 
+def cmd_audit(args: Any) -> int:
+    import pandas as pd
+
+    from mmssl.runs.audit import run_audit
+
+    report = run_audit(Path(args.run_dir), folds=args.folds, components=args.components,
+                       seed=args.seed, device=args.device)
+    table = pd.read_csv(Path(args.run_dir) / "audit.csv")
+    sources = list(dict.fromkeys(table["source"]))
+    rich = RichTable(title=f"What the representation encodes — {args.run_dir} "
+                           f"({args.folds}-fold cross-validated linear decoding; z: the "
+                           f"representation, inputs: the volumes' first {args.components} "
+                           "principal components)")
+    for column in ("variable", "metric", "chance", *sources):
+        rich.add_column(column, justify="left" if column in ("variable", "metric") else "right")
+    for variable, group in table.groupby("variable", sort=False):
+        scores = dict(zip(group["source"], group["score"], strict=True))
+        first = group.iloc[0]
+        rich.add_row(str(variable), str(first["metric"]), f"{first['chance']:.2f}",
+                     *(f"{scores[s]:.3f}" if s in scores else "–" for s in sources))
+    console.print(rich)
+    console.print(f"scores: {Path(args.run_dir) / 'audit.csv'}; figure: "
+                  f"{Path(args.run_dir) / report.get('figure', 'audit.png')}", soft_wrap=True)
+    return 0
+
+
 def cmd_list(args: Any) -> int:
     from mmssl.data import DATASETS
     from mmssl.methods import METHODS
@@ -313,6 +340,15 @@ def regions_parser(parser: ArgumentParser) -> None:
                         help="FWHM (mm) of a Gaussian smoothing of every subject's map inside "
                         "the brain before the test (0: none; VBM uses 8)")
     map_flags(parser)
+
+
+def audit_parser(parser: ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=str)
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--components", type=int, default=64,
+                        help="PCA components of the volumes' reference (0: no reference)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and models")
+    parser.add_argument("--device", type=str | None, default=None)
 
 
 def links_parser(parser: ArgumentParser) -> None:

@@ -128,3 +128,39 @@ def paired_maps(maps: dict[str, Path], path: Path, *, title: str, dpi: int = 100
         return write_bytes(Path(path), buffer.getvalue())
     finally:
         figure.clear()
+
+
+def decoding_bars(table: Any, path: Path, *, title: str) -> Path:
+    """Grouped bars: one group per variable, one bar per feature source, each variable's
+    chance level drawn as a tick (``table``: columns variable, source, score, chance)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    variables = list(dict.fromkeys(table["variable"]))
+    sources = list(dict.fromkeys(table["source"]))
+    figure = Figure(figsize=(min(12.0, 2.0 + 0.4 * len(variables) * max(1, len(sources))), 3.6))
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    width = 0.8 / max(1, len(sources))
+    for k, source in enumerate(sources):
+        rows = table[table["source"] == source].set_index("variable")
+        heights = [float(rows.loc[v, "score"]) if v in rows.index else np.nan for v in variables]
+        ax.bar(np.arange(len(variables)) + (k - (len(sources) - 1) / 2) * width, heights,
+               width, label=source)
+    chance = table.drop_duplicates("variable").set_index("variable")["chance"]
+    for i, variable in enumerate(variables):
+        ax.hlines(float(chance[variable]), i - 0.45, i + 0.45, colors="black",
+                  linestyles="dotted")
+    metrics = table.drop_duplicates("variable").set_index("variable")["metric"]
+    ax.set_xticks(np.arange(len(variables)),
+                  [f"{v}\n({metrics[v]})" for v in variables], fontsize=8)
+    ax.set_ylabel("cross-validated score (dotted: chance)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=110)
+        return write_bytes(Path(path), buffer.getvalue())
+    finally:
+        figure.clear()
