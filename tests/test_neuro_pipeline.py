@@ -210,8 +210,23 @@ def test_audit_decodes_diagnosis_covariates_and_planted_latents(neuro_run, capsy
     for entry in report["modalities"].values():
         assert entry["subjects"] == len(pd.read_csv(neuro_run / "splits.csv").query(
             "probe_split == probe_split"))  # every labelled evaluation subject
-    assert (neuro_run / report["figure"]).read_bytes()[:4] == b"\x89PNG"
+    assert (neuro_run / report["figures"][0]).read_bytes()[:4] == b"\x89PNG"
     assert main(["audit", str(neuro_run), "--folds", "1"]) == 2
+
+
+def test_report_shows_regions_and_audit_with_their_figures(neuro_run):
+    """`mmssl report` of a brain run has the group inference (with the model-free reference
+    beside the map's localisation) and the audit, each with its figures embedded."""
+    assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4",
+                 "--permutations", "20"]) == 0
+    assert main(["audit", str(neuro_run), "--folds", "3", "--components", "0"]) == 0
+    assert main(["report", str(neuro_run)]) == 0
+    page = (neuro_run / "report.html").read_text()
+    assert "Brain regions: patients vs controls" in page
+    assert "inputs&#x27; localisation AUC" in page or "inputs' localisation AUC" in page
+    assert "What the representation encodes" in page and "balanced_accuracy" in page
+    markdown = (neuro_run / "report.md").read_text()
+    assert "audit.png" in markdown and "t1_latent_glass.png" in markdown
 
 
 def test_links_report_test_correlations_against_a_permutation_null(neuro_run):

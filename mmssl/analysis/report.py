@@ -58,6 +58,23 @@ def _recorded_figures(root: Path, recorded: Any) -> list[tuple[Path, str]]:
     return figures
 
 
+def _regions_table(report: dict[str, Any]) -> Table:
+    """Per modality: FWE-significant voxels, clusters, and on a simulated cohort how the t map
+    localises the planted effect beside the model-free reference."""
+    rows = []
+    for modality, entry in report.get("modalities", {}).items():
+        auc = entry.get("localisation_auc", {}).get("t")
+        reference = entry.get("input_localisation_auc")
+        rows.append([modality, str(entry.get("significant_voxels")), str(entry.get("clusters")),
+                     "–" if auc is None else f"{auc:.3f}",
+                     "–" if reference is None else f"{reference:.3f}"])
+    return Table(f"{report.get('method')} maps, FWE p < {report.get('alpha')}, "
+                 f"{report.get('permutations')} permutations, smoothing "
+                 f"{report.get('smooth_fwhm_mm', 0)} mm",
+                 ["modality", "significant voxels", "clusters", "localisation AUC",
+                  "inputs' localisation AUC"], rows)
+
+
 def run_sections(run: RunDir) -> list[Section]:
     """Sections for one run directory."""
     sections: list[Section] = []
@@ -88,11 +105,22 @@ def run_sections(run: RunDir) -> list[Section]:
                 sections.append(Section("Test representations", figures=[
                     (tsne, "t-SNE of test representations by label")]))
     for summary_path, title in ((run.saliency_summary, "Saliency maps"),
-                                (run.links_summary, "Multimodal links")):
+                                (run.regions_summary, "Brain regions: patients vs controls"),
+                                (run.links_summary, "Multimodal links"),
+                                (run.audit_summary, "What the representation encodes")):
         if not summary_path.is_file():
             continue
         report = run.read_json(summary_path)
         section = Section(title, figures=_recorded_figures(run.root, report.get("figures")))
+        if summary_path == run.regions_summary:
+            section.tables.append(_regions_table(report))
+        if summary_path == run.audit_summary:
+            rows = [[str(r["modality"]), str(r["variable"]), str(r["source"]),
+                     str(r["metric"]), f"{r['score']:.3f}", f"{r['chance']:.2f}"]
+                    for r in report.get("table", [])]
+            section.tables.append(Table("Cross-validated linear decoding", [
+                "modality", "variable", "from", "metric", "score", "chance"], rows,
+                text_columns=("variable", "from", "metric")))
         if summary_path == run.links_summary:
             rows = [[str(k + 1), f"{a:.3f}", f"{b:.3f}", f"{p:.3f}"] for k, (a, b, p) in
                     enumerate(zip(report["train_correlations"], report["test_correlations"],

@@ -183,12 +183,13 @@ def cmd_audit(args: Any) -> int:
 
     report = run_audit(Path(args.run_dir), folds=args.folds, components=args.components,
                        seed=args.seed, device=args.device)
-    table = pd.read_csv(Path(args.run_dir) / "audit.csv")
+    table = pd.DataFrame(report["table"])
     sources = list(dict.fromkeys(table["source"]))
+    inputs = (f", inputs: the volumes' first {args.components} principal components"
+              if args.components else "")
     rich = RichTable(title=f"What the representation encodes — {args.run_dir} "
                            f"({args.folds}-fold cross-validated linear decoding; z: the "
-                           f"representation, inputs: the volumes' first {args.components} "
-                           "principal components)")
+                           f"representation{inputs})")
     for column in ("variable", "metric", "chance", *sources):
         rich.add_column(column, justify="left" if column in ("variable", "metric") else "right")
     for variable, group in table.groupby("variable", sort=False):
@@ -198,7 +199,7 @@ def cmd_audit(args: Any) -> int:
                      *(f"{scores[s]:.3f}" if s in scores else "–" for s in sources))
     console.print(rich)
     console.print(f"scores: {Path(args.run_dir) / 'audit.csv'}; figure: "
-                  f"{Path(args.run_dir) / report.get('figure', 'audit.png')}", soft_wrap=True)
+                  f"{Path(args.run_dir) / 'audit.png'}", soft_wrap=True)
     return 0
 
 

@@ -105,10 +105,11 @@ def run_audit(out: Path, *, folds: int = 5, components: int = 64, seed: int = 0,
         report["modalities"][modality] = entry
     table = pd.DataFrame(rows)
     io.write_text(run.root / "audit.csv", table.to_csv(index=False))
+    report["table"] = rows
     if len(table):
         figure = decoding_bars(table, run.root / "audit.png",
                                title=f"What the representation encodes ({run.root.name})")
-        report["figure"] = run.relative(figure)
+        report["figures"] = [run.relative(figure)]
     report["seconds"] = round(time.perf_counter() - started, 1)
-    io.write_json(run.root / "audit.json", report)
+    io.write_json(run.audit_summary, report)
     return report

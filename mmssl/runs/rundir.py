@@ -138,6 +138,14 @@ class RunDir(_Folder):
     def links_summary(self) -> Path:
         return self.root / "links.json"
 
+    @property
+    def regions_summary(self) -> Path:
+        return self.root / "regions.json"
+
+    @property
+    def audit_summary(self) -> Path:
+        return self.root / "audit.json"
+
     # -- state -------------------------------------------------------------------------------
     def is_run(self) -> bool:
         """Whether a run was started here (its configuration was written)."""
