@@ -153,3 +153,35 @@ def test_from_bids_to_a_trained_run_with_relative_paths(tmp_path: Path) -> None:
              "--set", "trainer.progress_bar=false", "--out", "runs/bids"))
     metrics = json.loads((tmp_path / "runs" / "bids" / "metrics.json").read_text())
     assert {"t1", "falff"} <= set(metrics["test"])
+
+
+@pytest.mark.slow
+def test_the_readme_brain_commands_typed_from_a_project_folder(tmp_path: Path) -> None:
+    """README "Regions and links", as typed (relative paths, the project folder as working
+    directory), on a small cohort: simulate, run, regions three ways, audit, links, saliency,
+    report; every output lands in the run directory and names nothing outside it."""
+    ok(mmssl(tmp_path, "simulate", "--out", "cohort40", "--subjects", "40", "--seed", "3",
+             "--voxel-size", "8"))
+    ok(mmssl(tmp_path, "run", "--preset", "neuro-quick", "--manifest", "cohort40/manifest.csv",
+             "--objective", "CR-XX", "--epochs", "1", "--set", "trainer.checkpoint=last",
+             "--set", "trainer.progress_bar=false", "--out", "runs/e1"))
+    ok(mmssl(tmp_path, "regions", "runs/e1", "--method", "ig", "--ig-steps", "4",
+             "--permutations", "20"))
+    ok(mmssl(tmp_path, "regions", "runs/e1", "--method", "latent", "--units", "4",
+             "--permutations", "20"))
+    output = ok(mmssl(tmp_path, "regions", "runs/e1", "--method", "input", "--smooth", "12",
+                      "--permutations", "20"))
+    assert "localisation AUC of the t map" in output
+    ok(mmssl(tmp_path, "audit", "runs/e1", "--folds", "3", "--components", "8"))
+    ok(mmssl(tmp_path, "links", "runs/e1", "--permutations", "60"))
+    ok(mmssl(tmp_path, "saliency", "runs/e1", "--methods", "latent,ig", "--units", "4",
+             "--ig-steps", "4"))
+    ok(mmssl(tmp_path, "report", "runs/e1"))
+    run = tmp_path / "runs" / "e1"
+    for name in ("regions.json", "audit.json", "links.json", "saliency.json", "report.html"):
+        assert (run / name).is_file(), name
+    for name in ("regions_ig", "regions_latent", "regions_input"):
+        report = json.loads((run / "regions" / f"{name}.json").read_text())
+        assert all(not Path(p).is_absolute() for p in report["figures"])
+    audit = json.loads((run / "audit.json").read_text())
+    assert audit["figures"] == ["audit.png"]
