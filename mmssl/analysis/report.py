@@ -75,6 +75,15 @@ def _regions_table(report: dict[str, Any]) -> Table:
                   "inputs' localisation AUC"], rows)
 
 
+def _audit_table(report: dict[str, Any]) -> Table:
+    """One row per modality × variable × source of ``mmssl audit``: score beside chance."""
+    rows = [[str(r["modality"]), str(r["variable"]), str(r["source"]), str(r["metric"]),
+             f"{r['score']:.3f}", f"{r['chance']:.2f}"] for r in report.get("table", [])]
+    return Table("Cross-validated linear decoding",
+                 ["modality", "variable", "from", "metric", "score", "chance"], rows,
+                 text_columns=("variable", "from", "metric"))
+
+
 def run_sections(run: RunDir) -> list[Section]:
     """Sections for one run directory."""
     sections: list[Section] = []
@@ -115,12 +124,7 @@ def run_sections(run: RunDir) -> list[Section]:
         if summary_path == run.regions_summary:
             section.tables.append(_regions_table(report))
         if summary_path == run.audit_summary:
-            rows = [[str(r["modality"]), str(r["variable"]), str(r["source"]),
-                     str(r["metric"]), f"{r['score']:.3f}", f"{r['chance']:.2f}"]
-                    for r in report.get("table", [])]
-            section.tables.append(Table("Cross-validated linear decoding", [
-                "modality", "variable", "from", "metric", "score", "chance"], rows,
-                text_columns=("variable", "from", "metric")))
+            section.tables.append(_audit_table(report))
         if summary_path == run.links_summary:
             rows = [[str(k + 1), f"{a:.3f}", f"{b:.3f}", f"{p:.3f}"] for k, (a, b, p) in
                     enumerate(zip(report["train_correlations"], report["test_correlations"],

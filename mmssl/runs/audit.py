@@ -79,9 +79,8 @@ def run_audit(out: Path, *, folds: int = 5, components: int = 64, seed: int = 0,
         # source → (feature matrix, PCA components fitted per fold or None)
         sources: dict[str, tuple[np.ndarray, int | None]] = {f"{modality} z": (features, None)}
         if components:
-            volumes = brain_run.volumes(brain_run.rows("all", [modality]), modality)
-            sources[f"{modality} inputs"] = (volumes[:, 0].numpy()[:, brain_run.brain],
-                                             components)
+            inputs = brain_run.maps(modality, "input", "all")[:, brain_run.brain]
+            sources[f"{modality} inputs"] = (inputs, components)
         planted = brain_run.latent_values("all", [modality])
         variables = _variables(subjects, planted)
         entry: dict[str, Any] = {"subjects": len(subjects), "variables": {}}

@@ -180,7 +180,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     io.write_json(folder / f"regions_{method}.json", report)
     io.write_text(run.root / "regions.csv", clusters_csv)
     io.write_text(folder / "regions_summary.csv", summary_csv)
-    io.write_json(run.root / "regions.json", report)
+    io.write_json(run.regions_summary, report)
     return report
 
 
