@@ -14,7 +14,8 @@ import torch
 
 from mmssl import config as cfg
 from mmssl.cli import main
-from mmssl.data.neuro.augment import shared_crop_flip
+from mmssl.data.neuro.augment import independent_crop_flip, shared_crop_flip
+from mmssl.data.neuro.datamodule import NeuroDataModule
 from mmssl.data.splits import subject_splits
 from mmssl.runs.build import build_datamodule as make_datamodule
 from mmssl.runs.evaluation import evaluate
@@ -61,6 +62,44 @@ def test_shared_crop_flip_keeps_modalities_aligned_and_reaches_every_offset():
     assert not torch.equal(flipped["a"], x)
 
 
+def test_independent_crop_flip_draws_each_modality_apart():
+    x = torch.rand(16, 1, 6, 6, 6)
+    out = independent_crop_flip({"a": x, "b": x.clone()}, torch.Generator().manual_seed(3),
+                                pad=2, flip=True)
+    padded = torch.nn.functional.pad(x, (2,) * 6)
+    differing = 0
+    for b in range(16):
+        # Each modality's view is some crop of the padded sample, flipped along some axes.
+        for name in ("a", "b"):
+            candidates = [padded[b, :, i:i + 6, j:j + 6, k:k + 6].flip(
+                [d + 1 for d in range(3) if mask >> d & 1])
+                for i in range(5) for j in range(5) for k in range(5) for mask in range(8)]
+            assert any(torch.equal(out[name][b], c) for c in candidates)
+        differing += not torch.equal(out["a"][b], out["b"][b])
+    assert differing >= 14  # 125 offsets × 8 flips: two equal draws are rare
+    again = independent_crop_flip({"a": x, "b": x.clone()}, torch.Generator().manual_seed(3),
+                                  pad=2, flip=True)
+    assert all(torch.equal(out[k], again[k]) for k in out)  # seeded: reproducible
+    shared = shared_crop_flip({"a": x, "b": x.clone()}, torch.Generator().manual_seed(3),
+                              pad=2, flip=True)
+    assert torch.equal(shared["a"], shared["b"])
+
+
+def test_datamodule_draws_the_configured_augmentation(tmp_path):
+    x = torch.rand(8, 1, 6, 6, 6)
+    views = {}
+    for shared in (True, False):
+        module = NeuroDataModule(tmp_path / "manifest.csv", ("t1", "falff"), pad=2,
+                                 shared_augmentation=shared)
+        batch = {"t1": x.clone(), "falff": x.clone(), "index": torch.arange(8)}
+        views[shared] = module.on_after_batch_transfer(batch, 0)
+    assert torch.equal(views[True]["t1"], views[True]["falff"])
+    assert not torch.equal(views[False]["t1"], views[False]["falff"])
+    resolved = neuro_config(tmp_path / "manifest.csv",
+                            **{"data.neuro.augmentation.shared": False})
+    assert resolved.data.settings.augmentation.shared is False
+
+
 def neuro_config(manifest, **overrides):
     values = {
         "data.manifest": str(manifest), "data.batch_size": 8, "data.eval_batch_size": 16,
@@ -75,7 +114,7 @@ def neuro_config(manifest, **overrides):
 @pytest.fixture(scope="module")
 def neuro_run(simulated_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("neuro") / "run"
-    pretrain(neuro_config(simulated_cohort), out)
+    pretrain(neuro_config(simulated_cohort, **{"trainer.log_every_n_steps": 1}), out)
     evaluate(out)
     return out
 
@@ -214,6 +253,50 @@ def test_audit_decodes_diagnosis_covariates_and_planted_latents(neuro_run, capsy
     assert main(["audit", str(neuro_run), "--folds", "1"]) == 2
 
 
+def test_audit_checks_the_objective_on_unaugmented_subjects(neuro_run):
+    """The objective check: the logged values are metrics.csv's, the unaugmented losses are
+    the mean of compute_loss over the stated batches, and the model's mode is left alone."""
+    from mmssl.runs.audit import objective_check
+    from mmssl.runs.brainrun import open_brain_run
+
+    curves = pd.read_csv(neuro_run / "metrics.csv")
+    brain_run = open_brain_run(neuro_run)
+    model = brain_run.loaded.model
+    model.train()
+    check = objective_check(brain_run, repeats=2, seed=5)
+    assert model.training  # restored
+    assert check["train_logged_final"] == pytest.approx(
+        curves["train/loss"].dropna().iloc[-3:].mean())
+    assert check["val_logged_first"] == pytest.approx(curves["val/loss"].dropna().iloc[0])
+    # Oracle: the same partitions, computed here in eval mode.
+    model.eval()
+    rng = np.random.default_rng(5)
+    size = brain_run.loaded.config.data.batch_size
+    for split in ("train", "val"):
+        rows = brain_run.rows(split, brain_run.modalities)
+        labels = torch.as_tensor(brain_run.subjects(split, brain_run.modalities)["label"]
+                                 .to_numpy())
+        size_here = min(size, len(rows))
+        losses = []
+        for repeat in range(2):
+            order = torch.from_numpy(rng.permutation(len(rows)))
+            for start in range(0, len(rows) - size_here + 1, size_here):
+                index = order[start:start + size_here]
+                batch = {m: brain_run.volumes(rows[index.numpy()], m)
+                         for m in brain_run.modalities}
+                batch["label"] = labels[index]
+                with torch.no_grad():
+                    loss, _ = model.compute_loss(
+                        batch, torch.Generator().manual_seed(5 + 7919 * repeat + start))
+                losses.append(float(loss))
+        assert check[f"{split}_unaugmented"] == pytest.approx(np.mean(losses), rel=1e-5)
+        assert check[f"{split}_subjects"] == len(rows)
+    assert check["generalisation_gap"] == pytest.approx(
+        check["val_unaugmented"] - check["train_unaugmented"])
+    assert check["shortcut_gap"] == pytest.approx(
+        check["train_unaugmented"] - check["train_logged_final"])
+
+
 def test_report_shows_regions_and_audit_with_their_figures(neuro_run):
     """`mmssl report` of a brain run has the group inference (with the model-free reference
     beside the map's localisation) and the audit, each with its figures embedded."""
@@ -227,6 +310,7 @@ def test_report_shows_regions_and_audit_with_their_figures(neuro_run):
     assert "What the representation encodes" in page and "balanced_accuracy" in page
     markdown = (neuro_run / "report.md").read_text()
     assert "audit.png" in markdown and "t1_latent_glass.png" in markdown
+    assert "shortcut gap" in markdown and "generalisation gap" in page
 
 
 def test_links_report_test_correlations_against_a_permutation_null(neuro_run):

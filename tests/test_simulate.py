@@ -137,7 +137,8 @@ def test_grid_is_nilearns_resampled_template_grid() -> None:
         {"noise": -0.01}, {"falff_noise": -0.1}, {"coupling": -0.1}, {"sites": 0},
         {"sites": len(SITES) + 1}, {"missing_falff_fraction": 1.0},
         {"misregistration_mm": -1.0}, {"misregistration_deg": 20.0},
-        {"label_names": ("AD", "AD")}, {"bold_timepoints": 64},  # needs bids=True
+        {"label_names": ("AD", "AD")}, {"shared_anatomy": -0.1}, {"shared_anatomy": 1.5},
+        {"bold_timepoints": 64},  # needs bids=True
         {"bids": True, "bold_timepoints": 4}, {"bids": True, "repetition_time": 0.0},
     ],
 )
@@ -404,6 +405,55 @@ def test_falff_noise_varies_by_subject(cohort: Path) -> None:
         f = load(cohort / row["falff"]).astype(np.float64)
         roughness.append(np.mean((np.diff(f, axis=0)[inner[1:]]) ** 2))
     assert stats.spearmanr(table["falff_noise"], roughness).statistic > 0.5
+
+
+def test_mixed_field_has_the_stated_correlation() -> None:
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 40)
+    z = simulate.smooth_field(rng, shape, 12.0, 3.0)
+    e = simulate.smooth_field(rng, shape, 12.0, 3.0)
+    for rho in (0.3, 0.8, 1.0):
+        mixed = simulate.mix_fields(z, e, rho)
+        assert abs(mixed.mean()) < 1e-12 and abs(mixed.std() - 1.0) < 1e-12
+        # Exact up to the sample correlation r of the two draws: corr = (rho + s r) / norm.
+        r = np.corrcoef(z.ravel(), e.ravel())[0, 1]
+        s = np.sqrt(1.0 - rho**2)
+        expected = (rho + s * r) / np.sqrt(rho**2 + s**2 + 2 * rho * s * r)
+        assert np.corrcoef(mixed.ravel(), z.ravel())[0, 1] == pytest.approx(expected, abs=1e-9)
+
+
+def individual_residuals(folder: Path, modality: str, voxels: np.ndarray) -> np.ndarray:
+    """Per subject, log intensity in ``voxels`` minus its own mean and the cohort's mean map."""
+    rows = read_manifest(folder / "manifest.csv")
+    logs = np.stack([np.log(load(folder / row[modality])[voxels]) for row in rows])
+    logs -= logs.mean(axis=1, keepdims=True)
+    return logs - logs.mean(axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("rho", [0.9, 0.0])
+def test_shared_anatomy_lets_a_fmri_map_identify_its_t1(tmp_path: Path, rho: float) -> None:
+    """With rho > 0 the subject's fALFF pattern matches its own T1 pattern, not others'."""
+    settings = SimulationSettings(subjects=10, seed=2, voxel_size=VOXEL, sites=1, t1_effect=0.0,
+                                  falff_effect=0.0, coupling=0.0, shared_anatomy=rho, **CLEAN)
+    out = simulate_cohort(tmp_path / "a", settings, progress=False).parent
+    twin = simulate_cohort(tmp_path / "b", dataclasses.replace(settings, shared_anatomy=0.0),
+                           progress=False).parent
+    for a_row, b_row in zip(read_manifest(out / "manifest.csv"),
+                            read_manifest(twin / "manifest.csv"), strict=True):
+        # The T1 scans do not depend on the setting: only the functional field is mixed.
+        np.testing.assert_array_equal(load(out / a_row["t1"]), load(twin / b_row["t1"]))
+    truth = load_ground_truth(out)
+    gm = (simulate.load_anatomy(VOXEL).gm > 0.5) & truth.brain_mask
+    t1 = individual_residuals(out, "t1", gm)
+    falff = individual_residuals(out, "falff", gm)
+    similarity = np.corrcoef(t1, falff)[:10, 10:]  # T1 subject i against fALFF subject j
+    diagonal = np.diag(similarity)
+    if rho > 0:
+        assert diagonal.mean() > 0.5
+        assert np.all(similarity.argmax(axis=1) == np.arange(10))  # every pair identified
+    else:
+        assert abs(diagonal.mean()) < 0.2
+        assert np.mean(similarity.argmax(axis=1) == np.arange(10)) <= 0.3
 
 
 # --------------------------------------------------------------------------- links

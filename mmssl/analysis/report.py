@@ -84,6 +84,18 @@ def _audit_table(report: dict[str, Any]) -> Table:
                  text_columns=("variable", "from", "metric"))
 
 
+def _objective_table(objective: dict[str, Any]) -> Table:
+    """The audit's pretraining-loss check: unaugmented losses beside the logged ones."""
+    names = (("train_unaugmented", "training subjects, unaugmented (eval mode)"),
+             ("val_unaugmented", "validation subjects, unaugmented (eval mode)"),
+             ("train_logged_final", "final logged training loss (augmented batches)"),
+             ("val_logged_first", "first logged validation loss (untrained, ≈ chance)"),
+             ("shortcut_gap", "shortcut gap: unaugmented − logged training"),
+             ("generalisation_gap", "generalisation gap: validation − training subjects"))
+    rows = [[label, f"{objective[key]:.3f}"] for key, label in names if key in objective]
+    return Table("Pretraining objective", ["loss", "value"], rows, text_columns=("loss",))
+
+
 def run_sections(run: RunDir) -> list[Section]:
     """Sections for one run directory."""
     sections: list[Section] = []
@@ -125,6 +137,8 @@ def run_sections(run: RunDir) -> list[Section]:
             section.tables.append(_regions_table(report))
         if summary_path == run.audit_summary:
             section.tables.append(_audit_table(report))
+            if report.get("objective"):
+                section.tables.append(_objective_table(report["objective"]))
         if summary_path == run.links_summary:
             rows = [[str(k + 1), f"{a:.3f}", f"{b:.3f}", f"{p:.3f}"] for k, (a, b, p) in
                     enumerate(zip(report["train_correlations"], report["test_correlations"],

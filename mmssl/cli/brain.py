@@ -20,7 +20,7 @@ from mmssl.errors import ConfigError
 SIMULATE_FLAGS: tuple[str, ...] = (
     "subjects", "seed", "sessions", "patient_fraction", "unlabelled_fraction", "voxel_size",
     "t1_effect", "falff_effect", "coupling", "noise", "falff_noise", "sites",
-    "missing_falff_fraction", "bids", "bold_timepoints", "repetition_time",
+    "missing_falff_fraction", "shared_anatomy", "bids", "bold_timepoints", "repetition_time",
 )
 
 
@@ -198,6 +198,18 @@ def cmd_audit(args: Any) -> int:
         rich.add_row(str(variable), str(first["metric"]), f"{first['chance']:.2f}",
                      *(f"{scores[s]:.3f}" if s in scores else "–" for s in sources))
     console.print(rich)
+    objective = report.get("objective", {})
+    if "train_unaugmented" in objective and "val_unaugmented" in objective:
+        logged = (f"; logged: final training {objective['train_logged_final']:.3f}, first "
+                  f"validation {objective['val_logged_first']:.3f}"
+                  if "train_logged_final" in objective and "val_logged_first" in objective
+                  else "")
+        console.print(
+            f"pretraining loss without augmentation: training subjects "
+            f"{objective['train_unaugmented']:.3f}, validation subjects "
+            f"{objective['val_unaugmented']:.3f}{logged} (a training loss far below the "
+            "unaugmented one is a shortcut through the augmentation; a validation loss far "
+            "above the training subjects' is memorisation)", soft_wrap=True)
     console.print(f"scores: {Path(args.run_dir) / 'audit.csv'}; figure: "
                   f"{Path(args.run_dir) / 'audit.png'}", soft_wrap=True)
     return 0
@@ -260,6 +272,8 @@ def simulate_parser(parser: ArgumentParser) -> None:
         "falff_noise": "fALFF noise, relative, before motion and site (default 0.25)",
         "sites": "scanner sites (default 3)",
         "missing_falff_fraction": "fraction of sessions without fALFF (default 0)",
+        "shared_anatomy": "correlation of each subject's fALFF field with its anatomical "
+                          "field, 0-1: fALFF follows the subject's own anatomy (default 0)",
         "bids": "also write a BIDS layout under OUT/bids (true/false)",
         "bold_timepoints": "with --bids: resting-state series of this many volumes (default 0)",
         "repetition_time": "TR of those series in s (default 2)",

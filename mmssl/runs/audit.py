@@ -11,7 +11,17 @@ carry linearly.
 
 A representation that decodes the scanner site far better than the diagnosis will show the
 site in its saliency maps and links; one that decodes nothing beyond chance has not learned
-what the analyses downstream need. Written: ``audit.json`` (settings and every score),
+what the analyses downstream need.
+
+The audit also checks the pretraining objective itself (:func:`objective_check`): the frozen
+model's loss on unaugmented batches of its training subjects and of its validation subjects,
+beside the final logged training losses and the first logged validation loss (the untrained
+model's, about chance). A training loss far below the same subjects' unaugmented loss means the
+objective was solved through the augmentation (a shortcut); a validation loss far above the
+training subjects' means the model memorised them. Either way the representation has not
+learned what generalises.
+
+Written: ``audit.json`` (settings and every score),
 ``audit.csv`` (one row per variable × source) and ``audit.png`` (grouped bars with chance).
 """
 
@@ -23,17 +33,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mmssl import io
 from mmssl.evaluation.audit import decode, variable_kind
 from mmssl.evaluation.plots import decoding_bars
-from mmssl.runs.brainrun import open_brain_run
+from mmssl.runs.brainrun import BrainRun, open_brain_run
 from mmssl.runs.evaluation import read_presence
 
-__all__ = ["run_audit"]
+__all__ = ["objective_check", "run_audit"]
 
 #: Columns of the subject table that are bookkeeping, not variables.
 BOOKKEEPING: tuple[str, ...] = ("subject", "session", "label", "split")
+#: How many of the last logged training losses (one batch each) the objective check averages.
+FINAL_TRAINING_VALUES = 3
 
 
 def _variables(subjects: pd.DataFrame, planted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -50,6 +63,70 @@ def _variables(subjects: pd.DataFrame, planted: dict[str, np.ndarray]) -> dict[s
     if "coupling" in planted:
         variables["coupling"] = planted["coupling"]
     return variables
+
+
+def _logged(curves: Path) -> dict[str, float]:
+    """From ``metrics.csv``: the mean of the last (up to) :data:`FINAL_TRAINING_VALUES` logged
+    training losses (each one batch's) and the first logged validation loss."""
+    if not curves.is_file():
+        return {}
+    frame = pd.read_csv(curves)
+    logged: dict[str, float] = {}
+    if "train/loss" in frame and frame["train/loss"].notna().any():
+        logged["train_logged_final"] = float(
+            frame["train/loss"].dropna().iloc[-FINAL_TRAINING_VALUES:].mean())
+    if "val/loss" in frame and frame["val/loss"].notna().any():
+        logged["val_logged_first"] = float(frame["val/loss"].dropna().iloc[0])
+    return logged
+
+
+def objective_check(brain_run: BrainRun, *, repeats: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The pretraining loss of the frozen model (eval mode) on unaugmented batches.
+
+    For the training and the validation subjects (one session each, every modality present),
+    ``repeats`` random partitions into batches of the run's batch size give the mean loss of
+    :meth:`~mmssl.methods.base.MultimodalMethod.compute_loss`. Returned with the logged values
+    (:func:`_logged`) and two gaps: ``shortcut_gap`` = unaugmented training loss − last logged
+    training loss, ``generalisation_gap`` = validation loss − unaugmented training loss.
+    """
+    model = brain_run.loaded.model
+    modalities = brain_run.modalities
+    batch_size = int(brain_run.loaded.config.data.batch_size)
+    device = brain_run.loaded.device
+    was_training = model.training
+    model.eval()
+    result: dict[str, Any] = {"batch_size": batch_size, "repeats": repeats}
+    rng = np.random.default_rng(seed)
+    try:
+        for split in ("train", "val"):
+            rows = brain_run.rows(split, modalities)
+            if len(rows) < 2:
+                continue
+            labels = torch.as_tensor(brain_run.subjects(split, modalities)["label"].to_numpy())
+            volumes = {m: brain_run.volumes(rows, m) for m in modalities}
+            size = min(batch_size, len(rows))
+            losses: list[float] = []
+            with torch.no_grad():
+                for repeat in range(repeats):
+                    order = torch.from_numpy(rng.permutation(len(rows)))
+                    for start in range(0, len(rows) - size + 1, size):
+                        index = order[start:start + size]
+                        batch: dict[str, Any] = {m: volumes[m][index].to(device)
+                                                 for m in modalities}
+                        batch["label"] = labels[index].to(device)
+                        generator = torch.Generator().manual_seed(seed + 7919 * repeat + start)
+                        loss, _ = model.compute_loss(batch, generator)
+                        losses.append(float(loss))
+            result[f"{split}_unaugmented"] = float(np.mean(losses))
+            result[f"{split}_subjects"] = len(rows)
+    finally:
+        model.train(was_training)
+    result.update(_logged(brain_run.run.curves))
+    if "train_unaugmented" in result and "train_logged_final" in result:
+        result["shortcut_gap"] = result["train_unaugmented"] - result["train_logged_final"]
+    if "train_unaugmented" in result and "val_unaugmented" in result:
+        result["generalisation_gap"] = result["val_unaugmented"] - result["train_unaugmented"]
+    return result
 
 
 def run_audit(out: Path, *, folds: int = 5, components: int = 64, seed: int = 0,
@@ -102,6 +179,7 @@ def run_audit(out: Path, *, folds: int = 5, components: int = 64, seed: int = 0,
                              "subjects": result.subjects})
             entry["variables"][name] = scores
         report["modalities"][modality] = entry
+    report["objective"] = objective_check(brain_run, seed=seed)
     table = pd.DataFrame(rows)
     io.write_text(run.root / "audit.csv", table.to_csv(index=False))
     report["table"] = rows

@@ -4,6 +4,14 @@ Both modalities of a subject get the same spatial transform, so their voxels sta
 zero-pad every side by ``pad`` voxels, take a random crop of the original size (offsets
 0..2·pad inclusive on each axis — the reference's randint(0, 16) never reached the last one),
 and optionally flip each axis with probability ½.
+
+:func:`independent_crop_flip` draws the transform anew for each modality instead. A shared
+translation is a shortcut for the cross-modal terms (XX, CC, RR): the positive pair of a sample
+is the only pair in the batch whose two views are shifted alike, so an encoder can solve the
+training InfoNCE by reading the brain's position in the field of view, which says nothing about
+the subject (measured on the simulator: training loss 5.5 → 2.6 while the loss of the same
+training subjects without augmentation rose to 6.8, above chance). None of the taxonomy's
+terms needs the views aligned: CC takes every location of the other modality as a positive.
 """
 
 from __future__ import annotations
@@ -58,4 +66,24 @@ def shared_crop_flip(
                 samples.append(x[b:b + 1].flip(dims) if dims else x[b:b + 1])
             x = torch.cat(samples)
         out[name] = x
+    return out
+
+
+def independent_crop_flip(
+    volumes: Mapping[str, Tensor],
+    generator: torch.Generator | None = None,
+    *,
+    pad: int = 8,
+    flip: bool = False,
+    flip_axes: Sequence[int] = (0, 1, 2),
+) -> dict[str, Tensor]:
+    """Like :func:`shared_crop_flip`, with a separate random crop (and flips) per modality.
+
+    The modalities are drawn in the mapping's order from the one ``generator``, so a seed gives
+    the same views on every device and run.
+    """
+    out: dict[str, Tensor] = {}
+    for name, volume in volumes.items():
+        out.update(shared_crop_flip({name: volume}, generator, pad=pad, flip=flip,
+                                    flip_axes=flip_axes))
     return out

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from mmssl import io
 from mmssl.data.base import MultimodalDataModule
 from mmssl.data.loading import EVAL_SPLITS
-from mmssl.data.neuro.augment import shared_crop_flip
+from mmssl.data.neuro.augment import independent_crop_flip, shared_crop_flip
 from mmssl.data.neuro.cache import CACHE_DIR_NAME, CACHE_HINT
 from mmssl.data.neuro.cohort import Cohort, load_cohort
 from mmssl.data.neuro.preprocessing import Preprocessing
@@ -50,11 +50,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AugmentationSettings:
-    """Training augmentation shared by the modalities (fusion-spec §4.4): zero-pad ``pad``
-    voxels then a random crop back to the grid; ``flip`` each axis with probability ½."""
+    """Training augmentation (fusion-spec §4.4): zero-pad ``pad`` voxels then a random crop
+    back to the grid; ``flip`` each axis with probability ½. ``shared`` (the reference) draws
+    one transform per sample for all its modalities; ``false`` draws one per modality, which
+    removes the common-translation shortcut of the cross-modal terms
+    (:func:`~mmssl.data.neuro.augment.independent_crop_flip`)."""
 
     pad: int = 8
     flip: bool = False
+    shared: bool = True
 
     def validate(self) -> None:
         require(self.pad >= 0, "pad", f"must be ≥ 0; got {self.pad}")
@@ -141,7 +145,8 @@ class NeuroDataModule(MultimodalDataModule):
         manifest: the manifest CSV.
         modalities: its path columns to use, e.g. ``("t1", "falff")``.
         preprocessing: target grid, mask and normalisation (cached by content).
-        pad, flip: training augmentation (shared pad-crop; flips of every axis).
+        pad, flip: training augmentation (pad-crop; flips of every axis).
+        shared_augmentation: one draw per sample for all modalities (else one per modality).
         num_workers, pin_memory: loader workers and pinning (each may be ``"auto"``, see
             :class:`~mmssl.data.base.MultimodalDataModule`).
         on_bad_row: ``error`` (default: stop with the full list of problems) or ``skip``.
@@ -168,6 +173,7 @@ class NeuroDataModule(MultimodalDataModule):
         label_mapping: Mapping[str, int] | None = None,
         pad: int = 8,
         flip: bool = False,
+        shared_augmentation: bool = True,
         strict_grid: bool = True,
         max_volume_bytes: int = MAX_VOLUME_BYTES,
     ) -> None:
@@ -185,6 +191,7 @@ class NeuroDataModule(MultimodalDataModule):
         self.report_path = report_path
         self.label_mapping = dict(label_mapping) if label_mapping else None
         self.pad, self.flip = pad, flip
+        self.shared_augmentation = shared_augmentation
         self.strict_grid = strict_grid
         self.max_volume_bytes = max_volume_bytes
         self.cohort: Cohort | None = None
@@ -317,8 +324,9 @@ class NeuroDataModule(MultimodalDataModule):
         return self._dataset(split)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches (those with an ``"index"``): the shared pad-crop (and flips) on the
-        device; every batch's volumes then leave in the module's memory format
+        """Training batches (those with an ``"index"``): the pad-crop (and flips) on the device,
+        shared by the modalities or drawn per modality; every batch's volumes then leave in the
+        module's memory format
         (``channels_last`` is ``torch.channels_last_3d`` here)."""
         if not isinstance(batch, dict) or "index" not in batch:
             return self.format_inputs(batch)
@@ -327,8 +335,9 @@ class NeuroDataModule(MultimodalDataModule):
             epoch = self.current_epoch()
             generator = torch.Generator().manual_seed(
                 derive_seed(self.seed, "neuro-augment", epoch, int(index[0])))
-            views = shared_crop_flip({m: batch[m] for m in self.modalities}, generator,
-                                     pad=self.pad, flip=self.flip)
+            augment = shared_crop_flip if self.shared_augmentation else independent_crop_flip
+            views = augment({m: batch[m] for m in self.modalities}, generator,
+                            pad=self.pad, flip=self.flip)
             batch.update(views)
         return self.format_inputs(batch)
 
@@ -347,7 +356,8 @@ def _build(data: DataSettings, settings: NeuroSettings, seed: int,
         cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
         on_bad_row=settings.on_bad_row, report_path=skipped_rows,
         label_mapping=settings.label_mapping, pad=settings.augmentation.pad,
-        flip=settings.augmentation.flip, strict_grid=settings.strict_grid,
+        flip=settings.augmentation.flip, shared_augmentation=settings.augmentation.shared,
+        strict_grid=settings.strict_grid,
         max_volume_bytes=settings.max_volume_bytes,
     )
 

@@ -44,7 +44,10 @@ group), a baseline age (controls :math:`\mathcal N(71, 6^2)`, patients :math:`\m
 6^2)`, clipped to [60, 90]), a baseline severity :math:`s_i` (0 for controls,
 :math:`\mathcal U(0.3, 1)` for patients), a **coupling factor** :math:`c_i \sim \mathcal N(0, 1)`
 independent of everything else, and two smooth unit-variance fields :math:`z_i, z'_i` (FWHM
-12 mm: individual anatomy and individual functional topography). Session :math:`k` is
+12 mm: individual anatomy and individual functional topography; with ``shared_anatomy``
+:math:`\rho > 0` the functional one is :math:`\rho\,z_i + \sqrt{1-\rho^2}\,e_i`, rescaled to
+unit variance, so the fALFF map follows the subject's own anatomy as real fALFF does).
+Session :math:`k` is
 :math:`t_{ik}` years after the first (:math:`t_{i1} = 0`, then steps :math:`\mathcal U(1, 2.5)`),
 at age :math:`a_{ik} = a_{i1} + t_{ik}`, with severity :math:`s_{ik} = \min(1, s_i + 0.05\,t_{ik})`
 for patients (0 for controls) and a motion level :math:`\eta_{ik} = \exp(0.35\,u_i + 0.2\,v_{ik})`

@@ -68,6 +68,7 @@ from mmssl.data.neuro.simulate.volumes import (
     Latent,
     falff_clean,
     finish_scan,
+    mix_fields,
     planted_maps,
     random_in_ball,
     rigid_motion,
@@ -283,6 +284,8 @@ def _simulate_subject(out: Path, settings: SimulationSettings, subjects: Sequenc
         smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM, anatomy.voxel_size),
         smooth_field(sub_rng, anatomy.shape, INDIVIDUAL_FIELD_FWHM_MM, anatomy.voxel_size),
     )
+    if settings.shared_anatomy > 0:
+        fields = (fields[0], mix_fields(fields[0], fields[1], settings.shared_anatomy))
     for draw in draws:
         session_number = int(draw.session.split("-")[1])
         rng = rng_for(settings.seed, STREAM_SCAN, draw.index, session_number)

@@ -130,6 +130,11 @@ class SimulationSettings:
         sites: number of scanner sites (1 to ``len(SITES)``).
         missing_falff_fraction: fraction of sessions without a fALFF scan (their manifest cell
             is empty and no file is written).
+        shared_anatomy: correlation :math:`\\rho` between a subject's functional field and its
+            anatomical one, :math:`z'_i = \\rho\\,z_i + \\sqrt{1-\\rho^2}\\,e_i`: how much the
+            fALFF map follows the subject's own anatomy (in real data fALFF is sampled on the
+            subject's grey matter, so the modalities share individual anatomy). 0 (default):
+            the modalities share only diagnosis, coupling, age and site.
         misregistration_mm: maximal length of the random translation of every scan.
         misregistration_deg: maximal angle of the random rotation of every scan.
         label_names: the labels of controls and patients, in that order.
@@ -152,6 +157,7 @@ class SimulationSettings:
     falff_noise: float = 0.25
     sites: int = 3
     missing_falff_fraction: float = 0.0
+    shared_anatomy: float = 0.0
     misregistration_mm: float = 1.5
     misregistration_deg: float = 1.5
     label_names: tuple[str, str] = ("CN", "AD")
@@ -185,6 +191,8 @@ class SimulationSettings:
              f"sites must lie in [1, {len(SITES)}], got {self.sites}"),
             (0.0 <= self.missing_falff_fraction < 1.0,
              f"missing_falff_fraction must lie in [0, 1), got {self.missing_falff_fraction}"),
+            (0.0 <= self.shared_anatomy <= 1.0,
+             f"shared_anatomy must lie in [0, 1], got {self.shared_anatomy}"),
             (self.misregistration_mm >= 0.0,
              f"misregistration_mm must be non-negative, got {self.misregistration_mm}"),
             (0.0 <= self.misregistration_deg <= 10.0,

@@ -96,6 +96,18 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], fwhm_mm: floa
     return field / field.std()
 
 
+def mix_fields(anatomical: np.ndarray, own: np.ndarray, correlation: float) -> np.ndarray:
+    r"""The functional field :math:`\rho\,z + \sqrt{1-\rho^2}\,e`, rescaled to unit variance.
+
+    ``anatomical`` (:math:`z`) and ``own`` (:math:`e`) are independent unit-variance fields, so
+    the result correlates with :math:`z` at about :math:`\rho` voxel-wise (exactly, up to the
+    sample correlation of the two draws).
+    """
+    mixed = correlation * anatomical + np.sqrt(1.0 - correlation**2) * own
+    mixed = mixed - mixed.mean()
+    return mixed / mixed.std()
+
+
 def random_in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
     """A 3-vector drawn uniformly from the ball of the given radius."""
     direction = rng.standard_normal(3)
