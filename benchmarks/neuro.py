@@ -91,7 +91,7 @@ FOOTER = (
     "volume minus those three (cache writes, cohort assembly, manifest parsing); warm = "
     "load_cohort again (hashes every file, every entry a cache hit). Loading: fetch = next "
     "batch from the DataLoader (memmap read, collate, transfer to the device), augment = the "
-    "data module's device-side shared pad-crop; load/step = (fetch + augment) / training step "
+    "data module's device-side pad-crop; load/step = (fetch + augment) / training step "
     "at the same grid and batch; < 1 means loading keeps up. With num_workers=0 loading is not "
     "overlapped with the step and adds to it; with num_workers >= 1 the fetch can run beside "
     "the step, the augmentation cannot. Training: vol/s = 2 x batch / step, pairs/s = batch / "

@@ -28,7 +28,7 @@ def voxel_size_for(size: int) -> float:
 
 
 def augmentation_pad(size: int) -> int:
-    """The shared pad-crop's padding at a side: side / 8 (8 at 64³ and 4 at 32³, the presets)."""
+    """The pad-crop's padding at a side: side / 8 (8 at 64³ and 4 at 32³, the presets)."""
     return max(1, size // 8)
 
 

@@ -3,7 +3,7 @@
 Epochs over every row of the memory-mapped cohort through the data module's own loader
 (``NeuroDataModule.loader`` over a ``CohortDataset``, an ``EpochShuffleSampler``,
 ``drop_last``, ``num_workers=0``), each batch moved to the device and cropped by the module's
-``on_after_batch_transfer`` (the shared pad-crop); per batch: fetch, augment and their sum,
+``on_after_batch_transfer`` (the pad-crop); per batch: fetch, augment and their sum,
 then the ratio to the training step of part 3 at the same grid and batch — is the loop fed?
 """
 

@@ -95,9 +95,9 @@ def test_datamodule_draws_the_configured_augmentation(tmp_path):
         views[shared] = module.on_after_batch_transfer(batch, 0)
     assert torch.equal(views[True]["t1"], views[True]["falff"])
     assert not torch.equal(views[False]["t1"], views[False]["falff"])
-    resolved = neuro_config(tmp_path / "manifest.csv",
-                            **{"data.neuro.augmentation.shared": False})
-    assert resolved.data.settings.augmentation.shared is False
+    assert neuro_config(tmp_path / "manifest.csv").data.settings.augmentation.shared is False
+    resolved = neuro_config(tmp_path / "manifest.csv", **{"data.neuro.augmentation.shared": True})
+    assert resolved.data.settings.augmentation.shared is True
 
 
 def neuro_config(manifest, **overrides):

@@ -1,11 +1,12 @@
 """Batched, device-side augmentation of paired volumes (Fedorov et al., fusion-spec §4.4).
 
-Both modalities of a subject get the same spatial transform, so their voxels stay aligned:
-zero-pad every side by ``pad`` voxels, take a random crop of the original size (offsets
+Zero-pad every side by ``pad`` voxels, take a random crop of the original size (offsets
 0..2·pad inclusive on each axis — the reference's randint(0, 16) never reached the last one),
-and optionally flip each axis with probability ½.
+and optionally flip each axis with probability ½. :func:`shared_crop_flip` gives both
+modalities of a subject the same transform, so their voxels stay aligned (the reference);
+:func:`independent_crop_flip`, the default of the data module, draws it anew for each modality.
 
-:func:`independent_crop_flip` draws the transform anew for each modality instead. A shared
+Why not the reference's way: a shared
 translation is a shortcut for the cross-modal terms (XX, CC, RR): the positive pair of a sample
 is the only pair in the batch whose two views are shifted alike, so an encoder can solve the
 training InfoNCE by reading the brain's position in the field of view, which says nothing about

@@ -3,10 +3,11 @@
 Pretraining uses every session of the training subjects plus every unlabelled subject;
 evaluation uses one session per labelled subject of each split: the first labelled one (in
 session order) among those with the most modalities present. The splits are subject-level
-(:func:`~mmssl.data.splits.subject_splits`): no subject is in two sets. Training batches get
-the same random pad-crop (and optional flips) in every modality, drawn on the training device
-from a generator seeded by (seed, epoch, first row of the batch), so a resumed run sees the
-same augmentations.
+(:func:`~mmssl.data.splits.subject_splits`): no subject is in two sets. Training batches get a
+random pad-crop (and optional flips), drawn per modality (by default) or shared by the
+modalities (the reference's choice, a shortcut for the cross-modal terms:
+:mod:`mmssl.data.neuro.augment`), on the training device from a generator seeded by (seed,
+epoch, first row of the batch), so a resumed run sees the same augmentations.
 
 Missing modalities (an empty manifest cell): when a session this run uses lacks a modality,
 every batch carries ``"present": {modality: (B,) bool tensor}`` (the volume of a missing
@@ -51,14 +52,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class AugmentationSettings:
     """Training augmentation (fusion-spec §4.4): zero-pad ``pad`` voxels then a random crop
-    back to the grid; ``flip`` each axis with probability ½. ``shared`` (the reference) draws
-    one transform per sample for all its modalities; ``false`` draws one per modality, which
-    removes the common-translation shortcut of the cross-modal terms
-    (:func:`~mmssl.data.neuro.augment.independent_crop_flip`)."""
+    back to the grid; ``flip`` each axis with probability ½. By default each modality gets its
+    own draw (:func:`~mmssl.data.neuro.augment.independent_crop_flip`); ``shared: true`` draws
+    one transform per sample for all its modalities, as the reference does, which lets the
+    cross-modal terms match a pair by its common shift instead of its content."""
 
     pad: int = 8
     flip: bool = False
-    shared: bool = True
+    shared: bool = False
 
     def validate(self) -> None:
         require(self.pad >= 0, "pad", f"must be ≥ 0; got {self.pad}")
@@ -173,7 +174,7 @@ class NeuroDataModule(MultimodalDataModule):
         label_mapping: Mapping[str, int] | None = None,
         pad: int = 8,
         flip: bool = False,
-        shared_augmentation: bool = True,
+        shared_augmentation: bool = False,
         strict_grid: bool = True,
         max_volume_bytes: int = MAX_VOLUME_BYTES,
     ) -> None:
