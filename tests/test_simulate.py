@@ -422,17 +422,11 @@ def test_mixed_field_has_the_stated_correlation() -> None:
         assert np.corrcoef(mixed.ravel(), z.ravel())[0, 1] == pytest.approx(expected, abs=1e-9)
 
 
-def individual_residuals(folder: Path, modality: str, voxels: np.ndarray) -> np.ndarray:
-    """Per subject, log intensity in ``voxels`` minus its own mean and the cohort's mean map."""
-    rows = read_manifest(folder / "manifest.csv")
-    logs = np.stack([np.log(load(folder / row[modality])[voxels]) for row in rows])
-    logs -= logs.mean(axis=1, keepdims=True)
-    return logs - logs.mean(axis=0, keepdims=True)
-
-
 @pytest.mark.parametrize("rho", [0.9, 0.0])
 def test_shared_anatomy_lets_a_fmri_map_identify_its_t1(tmp_path: Path, rho: float) -> None:
     """With rho > 0 the subject's fALFF pattern matches its own T1 pattern, not others'."""
+    from mmssl.data.neuro.simulate import pairing_oracle
+
     settings = SimulationSettings(subjects=10, seed=2, voxel_size=VOXEL, sites=1, t1_effect=0.0,
                                   falff_effect=0.0, coupling=0.0, shared_anatomy=rho, **CLEAN)
     out = simulate_cohort(tmp_path / "a", settings, progress=False).parent
@@ -442,18 +436,29 @@ def test_shared_anatomy_lets_a_fmri_map_identify_its_t1(tmp_path: Path, rho: flo
                             read_manifest(twin / "manifest.csv"), strict=True):
         # The T1 scans do not depend on the setting: only the functional field is mixed.
         np.testing.assert_array_equal(load(out / a_row["t1"]), load(twin / b_row["t1"]))
-    truth = load_ground_truth(out)
-    gm = (simulate.load_anatomy(VOXEL).gm > 0.5) & truth.brain_mask
-    t1 = individual_residuals(out, "t1", gm)
-    falff = individual_residuals(out, "falff", gm)
-    similarity = np.corrcoef(t1, falff)[:10, 10:]  # T1 subject i against fALFF subject j
-    diagonal = np.diag(similarity)
+    oracle = pairing_oracle(out)
+    assert oracle["scans"] == 10 and oracle["chance"] == pytest.approx(0.1)
     if rho > 0:
-        assert diagonal.mean() > 0.5
-        assert np.all(similarity.argmax(axis=1) == np.arange(10))  # every pair identified
+        assert oracle["diagonal"] > 0.5 and oracle["top1"] == 1.0  # every pair identified
     else:
-        assert abs(diagonal.mean()) < 0.2
-        assert np.mean(similarity.argmax(axis=1) == np.arange(10)) <= 0.3
+        assert abs(oracle["diagonal"]) < 0.2 and oracle["top1"] <= 0.3
+    # Oracle check by hand for one pair: the first T1 against every fALFF.
+    truth = load_ground_truth(out)
+    inside = ndimage.binary_erosion(truth.brain_mask, iterations=1) & (
+        simulate.load_anatomy(VOXEL).gm > 0.5)
+    rows = read_manifest(out / "manifest.csv")
+
+    def residuals(modality: str) -> np.ndarray:
+        logs = np.stack([np.log(np.clip(load(out / r[modality])[inside], 1e-3, None))
+                         for r in rows]).astype(np.float64)
+        logs = (logs - logs.mean(axis=1, keepdims=True)) / logs.std(axis=1, keepdims=True)
+        return logs - logs.mean(axis=0)
+
+    t1, falff = residuals("t1"), residuals("falff")
+    cosine = np.array([[float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                        for b in falff] for a in t1])
+    assert oracle["diagonal"] == pytest.approx(np.diag(cosine).mean(), abs=1e-9)
+    assert oracle["top1"] == pytest.approx(np.mean(cosine.argmax(axis=1) == np.arange(10)))
 
 
 # --------------------------------------------------------------------------- links

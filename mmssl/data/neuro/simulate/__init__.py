@@ -196,6 +196,7 @@ from mmssl.data.neuro.simulate.truth import (
     GroundTruth,
     load_ground_truth,
     oracle_roi_auc,
+    pairing_oracle,
     roi_means,
     scan_paths,
 )
@@ -206,7 +207,8 @@ __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "MODALITIES", "PLANTED_REGIONS", "SITES",
     "SUBJECTS_COLUMNS", "Anatomy", "GroundTruth", "RegionWeights", "ScanDraw",
     "SimulationSettings", "Site", "SubjectDraw", "draw_scans", "draw_subjects", "load_anatomy",
-    "load_ground_truth", "oracle_roi_auc", "planted_effect_maps", "planted_effect_masks",
+    "load_ground_truth", "oracle_roi_auc", "pairing_oracle", "planted_effect_maps",
+    "planted_effect_masks",
     "planted_region_weights", "region_weights", "rigid_motion", "roi_means", "save_nifti",
     "scan_paths", "simulate_cohort", "template_grid", "write_bids_layout",
 ]

@@ -339,6 +339,51 @@ def oracle_roi_auc(cohort: Path | str, *, modalities: Sequence[str] = MODALITIES
     return result
 
 
+def pairing_oracle(cohort: Path | str, *, grey_matter: float = 0.5,
+                   modalities: tuple[str, str] = ("t1", "falff")) -> dict[str, float]:
+    r"""How well a model-free linear matcher pairs each fALFF map with its own subject's T1.
+
+    Per scan and modality, the log intensity inside the template grey matter (fraction >
+    ``grey_matter``, eroded brain) is standardised over the voxels, and the cohort's mean map is
+    subtracted: what is left is the individual pattern. With :math:`t_i, f_j` those residuals
+    (unit norm), :math:`S_{ij} = t_i^\top f_j`; a scan is *paired* when its own fALFF scores
+    highest, :math:`\arg\max_j S_{ij} = i`. This bounds from below what a cross-modal objective
+    could learn that holds for new subjects: on a cohort with ``shared_anatomy`` 0 the modalities
+    share no individual pattern and the accuracy is at chance, ``1 / scans``.
+
+    Returns:
+        ``top1`` (fraction paired), ``chance``, ``diagonal`` (mean :math:`S_{ii}`) and
+        ``off_diagonal_sd`` (standard deviation of :math:`S_{ij}, i \ne j`), ``scans``.
+    """
+    from scipy import ndimage
+
+    folder = cohort_folder(cohort)
+    truth = load_ground_truth(folder)
+    rows = [r for r in _read_manifest_rows(folder) if all(r[m] for m in modalities)]
+    if len(rows) < 2:
+        raise ValueError(f"{folder}: {len(rows)} scans with both {modalities}; need at least 2")
+    from mmssl.data.neuro.simulate.anatomy import load_anatomy
+
+    voxel_size = float(truth.description["settings"]["voxel_size"])
+    inside = ndimage.binary_erosion(truth.brain_mask, iterations=1) & (
+        load_anatomy(voxel_size).gm > grey_matter)
+    residuals = []
+    for modality in modalities:
+        logs = []
+        for row in rows:
+            volume = _load_volume(folder / row[modality])[0][inside].astype(np.float64)
+            values = np.log(np.clip(volume, 1e-3, None))
+            logs.append((values - values.mean()) / values.std())
+        matrix = np.asarray(logs)
+        matrix -= matrix.mean(axis=0)
+        residuals.append(matrix / np.linalg.norm(matrix, axis=1, keepdims=True))
+    similarity = residuals[0] @ residuals[1].T
+    off = similarity[~np.eye(len(rows), dtype=bool)]
+    return {"top1": float(np.mean(similarity.argmax(axis=1) == np.arange(len(rows)))),
+            "chance": 1.0 / len(rows), "diagonal": float(np.diag(similarity).mean()),
+            "off_diagonal_sd": float(off.std()), "scans": float(len(rows))}
+
+
 def scan_paths(subject: str, session: str) -> dict[str, str]:
     """The manifest paths (relative to the cohort folder) of a session's scans, by modality."""
     folder = f"{subject}/{session}"
