@@ -275,7 +275,7 @@ def test_audit_checks_the_objective_on_unaugmented_subjects(neuro_run):
     for split in ("train", "val"):
         rows = brain_run.rows(split, brain_run.modalities)
         labels = torch.as_tensor(brain_run.subjects(split, brain_run.modalities)["label"]
-                                 .to_numpy())
+                                 .to_numpy(copy=True))
         size_here = min(size, len(rows))
         losses = []
         for repeat in range(2):

@@ -102,7 +102,8 @@ def objective_check(brain_run: BrainRun, *, repeats: int = 4, seed: int = 0) -> 
             rows = brain_run.rows(split, modalities)
             if len(rows) < 2:
                 continue
-            labels = torch.as_tensor(brain_run.subjects(split, modalities)["label"].to_numpy())
+            subjects = brain_run.subjects(split, modalities)
+            labels = torch.as_tensor(subjects["label"].to_numpy(copy=True))
             volumes = {m: brain_run.volumes(rows, m) for m in modalities}
             size = min(batch_size, len(rows))
             losses: list[float] = []
