@@ -77,8 +77,9 @@ COMMANDS: tuple[Command, ...] = (
             brain.regions_parser, brain.cmd_regions),
     Command("links", "multimodal links through a shared subspace", brain.links_parser,
             brain.cmd_links),
-    Command("audit", "what a brain run's representation encodes: diagnosis, covariates, "
-            "site", brain.audit_parser, brain.cmd_audit),
+    Command("audit", "what a brain run's representation encodes (diagnosis, covariates, "
+            "site) and whether its objective took a shortcut or memorised",
+            brain.audit_parser, brain.cmd_audit),
     Command("list", "objectives, methods, datasets and presets", _no_arguments,
             brain.cmd_list),
 )
