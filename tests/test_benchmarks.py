@@ -287,10 +287,12 @@ def test_neuro_quick_run_writes_finite_positive_numbers_and_a_figure(tmp_path):
 
     assert meta["variants"] == ["fp32", "fp32-cl"]
     both = results["training"]
-    # Each variant starts from the same weights on the same batches: same first loss.
+    # Each variant starts from the same weights on the same batches: same first loss, up to
+    # the rounding of another convolution layout (measured up to 3e-4 relative on RR, whose
+    # scores are large; another batch changes the loss by percents).
     first = {(r["objective"], r["batch_size"], r["variant"]): r["loss"] for r in both}
     for (objective, batch, _variant), loss in first.items():
-        assert loss == pytest.approx(first[(objective, batch, "fp32")], rel=1e-4)
+        assert loss == pytest.approx(first[(objective, batch, "fp32")], rel=1e-3)
     training = [r for r in both if r["variant"] == "fp32"]
     assert sorted((r["objective"], r["batch_size"]) for r in training) == [
         ("CR-XX-CC-RR", 2), ("CR-XX-CC-RR", 4), ("RR", 2), ("RR", 4)]
