@@ -357,13 +357,13 @@ def pairing_oracle(cohort: Path | str, *, grey_matter: float = 0.5,
     """
     from scipy import ndimage
 
+    from mmssl.data.neuro.simulate.anatomy import load_anatomy
+
     folder = cohort_folder(cohort)
     truth = load_ground_truth(folder)
     rows = [r for r in _read_manifest_rows(folder) if all(r[m] for m in modalities)]
     if len(rows) < 2:
         raise ValueError(f"{folder}: {len(rows)} scans with both {modalities}; need at least 2")
-    from mmssl.data.neuro.simulate.anatomy import load_anatomy
-
     voxel_size = float(truth.description["settings"]["voxel_size"])
     inside = ndimage.binary_erosion(truth.brain_mask, iterations=1) & (
         load_anatomy(voxel_size).gm > grey_matter)

@@ -91,9 +91,14 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], fwhm_mm: floa
                   voxel_size: float) -> np.ndarray:
     """Gaussian-filtered white noise rescaled to zero mean and unit standard deviation."""
     white = rng.standard_normal(shape)
-    field = ndimage.gaussian_filter(white, fwhm_mm * FWHM_TO_SIGMA / voxel_size, mode="wrap")
-    field -= field.mean()
-    return field / field.std()
+    return standardise(
+        ndimage.gaussian_filter(white, fwhm_mm * FWHM_TO_SIGMA / voxel_size, mode="wrap"))
+
+
+def standardise(field: np.ndarray) -> np.ndarray:
+    """``field`` shifted and scaled to zero mean and unit standard deviation."""
+    centred = field - field.mean()
+    return centred / centred.std()
 
 
 def mix_fields(anatomical: np.ndarray, own: np.ndarray, correlation: float) -> np.ndarray:
@@ -103,9 +108,7 @@ def mix_fields(anatomical: np.ndarray, own: np.ndarray, correlation: float) -> n
     the result correlates with :math:`z` at about :math:`\rho` voxel-wise (exactly, up to the
     sample correlation of the two draws).
     """
-    mixed = correlation * anatomical + np.sqrt(1.0 - correlation**2) * own
-    mixed = mixed - mixed.mean()
-    return mixed / mixed.std()
+    return standardise(correlation * anatomical + np.sqrt(1.0 - correlation**2) * own)
 
 
 def random_in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
