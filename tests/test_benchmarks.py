@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -383,3 +384,44 @@ def test_links_null_runs_the_command_line_per_seed_and_resumes(tmp_path: Path) -
     again = links_null(argv)  # finished seeds are read back, not rerun
     assert again["seeds"][0]["test_correlations"] == summary["seeds"][0]["test_correlations"]
     assert (tmp_path / "work" / "seed0.log").read_text() == log
+
+
+# Can InfoNCE learn the matcher's correspondence? (benchmarks.pairing_learnability)
+
+def test_pairing_learnability_loss_is_the_symmetric_infonce_by_hand() -> None:
+    from benchmarks.pairing_learnability import infonce, top1
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    scores = (a @ b.T / 2.0).tolist()  # scaled by sqrt(4)
+    expected = 0.0
+    for i in range(5):
+        row = [scores[i][j] for j in range(5)]
+        column = [scores[j][i] for j in range(5)]
+        expected -= scores[i][i] - math.log(sum(math.exp(s) for s in row))
+        expected -= scores[i][i] - math.log(sum(math.exp(s) for s in column))
+    assert float(infonce(a, b)) == pytest.approx(expected / 5, rel=1e-6)
+    eye = torch.eye(5)
+    assert top1(eye, 3 * eye) == 1.0
+    assert top1(eye, eye.flip(0)) == pytest.approx(0.2)  # only the middle row keeps its pair
+
+
+def test_pairing_learnability_shared_projection_pairs_identical_profiles_at_start() -> None:
+    """Identical profiles: one shared random projection pairs every held-out subject before
+    training; separate projections start at chance; the measurements land where asked."""
+    from benchmarks.pairing_learnability import learnability
+
+    rng = np.random.default_rng(0)
+    profiles = rng.standard_normal((60, 400))
+    found = learnability([profiles, profiles.copy()], train=40, steps=20, batch=8, latent=64,
+                         lr=1e-3, seed=0, checkpoints=[0, 10, 20])
+    assert found["matcher_top1"] == 1.0 and found["held_out"] == 20
+    shared, separate = found["variants"]["shared"], found["variants"]["separate"]
+    assert [p["step"] for p in shared] == [0, 10, 20] == [p["step"] for p in separate]
+    assert shared[0]["held_out_top1"] == 1.0
+    assert separate[0]["held_out_top1"] <= 0.3  # 1/20 is chance
+    for trace in (shared, separate):  # the training loss falls on the pairs it is fitted to
+        assert trace[-1]["train_loss"] < trace[0]["train_loss"]
+    with pytest.raises(ValueError, match="--batch"):
+        learnability([profiles, profiles], train=4, steps=1, batch=8, latent=4, lr=1e-3,
+                     seed=0, checkpoints=[0])

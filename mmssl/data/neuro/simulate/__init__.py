@@ -194,11 +194,13 @@ from mmssl.data.neuro.simulate.truth import (
     MODALITIES,
     SUBJECTS_COLUMNS,
     GroundTruth,
+    grey_matter_profiles,
     load_ground_truth,
     oracle_roi_auc,
     pairing_oracle,
     roi_means,
     scan_paths,
+    shift_volume,
 )
 from mmssl.data.neuro.simulate.volumes import rigid_motion
 
@@ -206,9 +208,10 @@ __all__ = [
     "CALIBRATION", "EFFECT_MASK_THRESHOLD", "GROUND_TRUTH_DIR", "GROUND_TRUTH_FILES", "KINDS",
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "MODALITIES", "PLANTED_REGIONS", "SITES",
     "SUBJECTS_COLUMNS", "Anatomy", "GroundTruth", "RegionWeights", "ScanDraw",
-    "SimulationSettings", "Site", "SubjectDraw", "draw_scans", "draw_subjects", "load_anatomy",
+    "SimulationSettings", "Site", "SubjectDraw", "draw_scans", "draw_subjects",
+    "grey_matter_profiles", "load_anatomy",
     "load_ground_truth", "oracle_roi_auc", "pairing_oracle", "planted_effect_maps",
     "planted_effect_masks",
     "planted_region_weights", "region_weights", "rigid_motion", "roi_means", "save_nifti",
-    "scan_paths", "simulate_cohort", "template_grid", "write_bids_layout",
+    "scan_paths", "shift_volume", "simulate_cohort", "template_grid", "write_bids_layout",
 ]

@@ -339,49 +339,95 @@ def oracle_roi_auc(cohort: Path | str, *, modalities: Sequence[str] = MODALITIES
     return result
 
 
-def pairing_oracle(cohort: Path | str, *, grey_matter: float = 0.5,
-                   modalities: tuple[str, str] = ("t1", "falff")) -> dict[str, float]:
-    r"""How well a model-free linear matcher pairs each fALFF map with its own subject's T1.
+def grey_matter_profiles(cohort: Path | str, *, grey_matter: float = 0.5,
+                         modalities: tuple[str, str] = ("t1", "falff"), max_shift: int = 0,
+                         seed: int = 0) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    r"""Each scan's log intensity inside the template grey matter, standardised over its voxels.
 
-    Per scan and modality, the log intensity inside the template grey matter (fraction >
-    ``grey_matter``, eroded brain) is standardised over the voxels, and the cohort's mean map is
-    subtracted: what is left is the individual pattern. With :math:`t_i, f_j` those residuals
-    (unit norm), :math:`S_{ij} = t_i^\top f_j`; a scan is *paired* when its own fALFF scores
-    highest, :math:`\arg\max_j S_{ij} = i`. This bounds from below what a cross-modal objective
-    could learn that holds for new subjects: on a cohort with ``shared_anatomy`` 0 the modalities
-    share no individual pattern and the accuracy is at chance, ``1 / scans``.
-
-    Returns:
-        ``top1`` (fraction paired), ``chance``, ``diagonal`` (mean :math:`S_{ii}`) and
-        ``off_diagonal_sd`` (standard deviation of :math:`S_{ij}, i \ne j`), ``scans``.
+    The rows of the manifest with every one of ``modalities``, and per modality a (scans,
+    voxels) matrix whose row :math:`i` is :math:`(\log x_i - \mu_i) / \sigma_i` over the voxels
+    with template grey-matter fraction > ``grey_matter`` inside the brain mask eroded by
+    ``1 + max_shift`` voxels. With ``max_shift`` > 0 every volume is first translated by its own
+    integer offset, uniform in :math:`[-s, s]^3` (zero fill, like a pad-crop of padding
+    :math:`s`), drawn from ``seed`` modality by modality, row by row.
     """
     from scipy import ndimage
 
     from mmssl.data.neuro.simulate.anatomy import load_anatomy
 
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative number of voxels; got {max_shift}")
     folder = cohort_folder(cohort)
     truth = load_ground_truth(folder)
     rows = [r for r in _read_manifest_rows(folder) if all(r[m] for m in modalities)]
     if len(rows) < 2:
         raise ValueError(f"{folder}: {len(rows)} scans with both {modalities}; need at least 2")
     voxel_size = float(truth.description["settings"]["voxel_size"])
-    inside = ndimage.binary_erosion(truth.brain_mask, iterations=1) & (
+    inside = ndimage.binary_erosion(truth.brain_mask, iterations=1 + max_shift) & (
         load_anatomy(voxel_size).gm > grey_matter)
-    residuals = []
+    rng = np.random.default_rng(seed)
+    profiles = []
     for modality in modalities:
         logs = []
         for row in rows:
-            volume = _load_volume(folder / row[modality])[0][inside].astype(np.float64)
-            values = np.log(np.clip(volume, 1e-3, None))
+            volume = _load_volume(folder / row[modality])[0]
+            if max_shift:
+                offset = rng.integers(-max_shift, max_shift + 1, size=3)
+                volume = shift_volume(volume, [int(o) for o in offset])
+            values = np.log(np.clip(volume[inside].astype(np.float64), 1e-3, None))
             logs.append((values - values.mean()) / values.std())
-        matrix = np.asarray(logs)
-        matrix -= matrix.mean(axis=0)
+        profiles.append(np.asarray(logs))
+    return rows, profiles
+
+
+def pairing_oracle(cohort: Path | str, *, grey_matter: float = 0.5,
+                   modalities: tuple[str, str] = ("t1", "falff"), max_shift: int = 0,
+                   seed: int = 0) -> dict[str, float]:
+    r"""How well a model-free linear matcher pairs each fALFF map with its own subject's T1.
+
+    Per scan and modality, the log intensity inside the template grey matter (fraction >
+    ``grey_matter``, eroded brain) is standardised over the voxels, and the cohort's mean map is
+    subtracted: what is left is the individual pattern (:func:`grey_matter_profiles`). With
+    :math:`t_i, f_j` those residuals (unit norm), :math:`S_{ij} = t_i^\top f_j`; a scan is
+    *paired* when its own fALFF scores highest, :math:`\arg\max_j S_{ij} = i`. This bounds from
+    below what a cross-modal objective could learn that holds for new subjects: on a cohort with
+    ``shared_anatomy`` 0 the modalities share no individual pattern and the accuracy is at
+    chance, ``1 / scans``.
+
+    ``max_shift`` > 0 asks what is left of that correspondence after a pad-crop drawn per
+    modality (``data.neuro.augmentation.shared: false`` with ``pad = max_shift``): every volume
+    is first translated by its own integer offset, uniform in :math:`[-s, s]^3` (zero fill, as
+    the crop's padding; drawn from ``seed``), and the grey-matter mask is eroded by :math:`s`
+    more voxels so that no shifted voxel comes from outside the brain.
+
+    Returns:
+        ``top1`` (fraction paired), ``chance``, ``diagonal`` (mean :math:`S_{ii}`) and
+        ``off_diagonal_sd`` (standard deviation of :math:`S_{ij}, i \ne j`), ``scans``.
+    """
+    rows, profiles = grey_matter_profiles(cohort, grey_matter=grey_matter, modalities=modalities,
+                                          max_shift=max_shift, seed=seed)
+    residuals = []
+    for matrix in profiles:
+        matrix = matrix - matrix.mean(axis=0)
         residuals.append(matrix / np.linalg.norm(matrix, axis=1, keepdims=True))
     similarity = residuals[0] @ residuals[1].T
     off = similarity[~np.eye(len(rows), dtype=bool)]
     return {"top1": float(np.mean(similarity.argmax(axis=1) == np.arange(len(rows)))),
             "chance": 1.0 / len(rows), "diagonal": float(np.diag(similarity).mean()),
             "off_diagonal_sd": float(off.std()), "scans": float(len(rows))}
+
+
+def shift_volume(volume: np.ndarray, offset: Sequence[int]) -> np.ndarray:
+    """``volume`` translated by an integer ``offset`` per axis, zero-filled (a pad-crop's view):
+    ``out[i + o] = volume[i]`` where both indices lie inside the grid."""
+    out = np.zeros_like(volume)
+    source, target = [], []
+    for size, o in zip(volume.shape, offset, strict=True):
+        o = int(o)
+        source.append(slice(max(0, -o), size - max(0, o)))
+        target.append(slice(max(0, o), size - max(0, -o)))
+    out[tuple(target)] = volume[tuple(source)]
+    return out
 
 
 def scan_paths(subject: str, session: str) -> dict[str, str]:
