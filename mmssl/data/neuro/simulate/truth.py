@@ -339,6 +339,22 @@ def oracle_roi_auc(cohort: Path | str, *, modalities: Sequence[str] = MODALITIES
     return result
 
 
+def grey_matter_mask(cohort: Path | str, *, grey_matter: float = 0.5,
+                     max_shift: int = 0) -> np.ndarray:
+    """The voxels :func:`grey_matter_profiles` reads, on the cohort's simulation grid: template
+    grey-matter fraction > ``grey_matter`` inside the brain mask eroded by ``1 + max_shift``."""
+    from scipy import ndimage
+
+    from mmssl.data.neuro.simulate.anatomy import load_anatomy
+
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative number of voxels; got {max_shift}")
+    truth = load_ground_truth(cohort_folder(cohort))
+    voxel_size = float(truth.description["settings"]["voxel_size"])
+    eroded = ndimage.binary_erosion(truth.brain_mask, iterations=1 + max_shift)
+    return np.asarray(eroded & (load_anatomy(voxel_size).gm > grey_matter))
+
+
 def grey_matter_profiles(cohort: Path | str, *, grey_matter: float = 0.5,
                          modalities: tuple[str, str] = ("t1", "falff"), max_shift: int = 0,
                          seed: int = 0) -> tuple[list[dict[str, str]], list[np.ndarray]]:
@@ -351,20 +367,11 @@ def grey_matter_profiles(cohort: Path | str, *, grey_matter: float = 0.5,
     integer offset, uniform in :math:`[-s, s]^3` (zero fill, like a pad-crop of padding
     :math:`s`), drawn from ``seed`` modality by modality, row by row.
     """
-    from scipy import ndimage
-
-    from mmssl.data.neuro.simulate.anatomy import load_anatomy
-
-    if max_shift < 0:
-        raise ValueError(f"max_shift must be a non-negative number of voxels; got {max_shift}")
     folder = cohort_folder(cohort)
-    truth = load_ground_truth(folder)
+    inside = grey_matter_mask(folder, grey_matter=grey_matter, max_shift=max_shift)
     rows = [r for r in _read_manifest_rows(folder) if all(r[m] for m in modalities)]
     if len(rows) < 2:
         raise ValueError(f"{folder}: {len(rows)} scans with both {modalities}; need at least 2")
-    voxel_size = float(truth.description["settings"]["voxel_size"])
-    inside = ndimage.binary_erosion(truth.brain_mask, iterations=1 + max_shift) & (
-        load_anatomy(voxel_size).gm > grey_matter)
     rng = np.random.default_rng(seed)
     profiles = []
     for modality in modalities:
