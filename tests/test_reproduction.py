@@ -119,6 +119,50 @@ def test_unbalanced_or_missing_blocks_are_errors(tmp_path: Path) -> None:
 
 
 
+def test_models_and_seeds_select_part_of_the_files(results: Path, tmp_path: Path) -> None:
+    """Deciding from a selection equals deciding from files that hold only that selection."""
+    import pandas as pd
+
+    from mmssl.analysis.claims import claims_from_files, claims_markdown
+    from mmssl.errors import RunDirError
+
+    folder = results / "results" / "demo"
+    keep = ["CR", "XX", "XX-RR", "dccae"]
+    for name in ("scores.csv", "links.csv"):
+        table = pd.read_csv(folder / name)
+        table[table["model"].isin(keep) & (table["seed"] == 2)].to_csv(tmp_path / name,
+                                                                        index=False)
+    selected = claims_from_files([folder / "scores.csv"], [folder / "links.csv"],
+                                 models=keep, seeds=[2])
+    prefiltered = claims_from_files([tmp_path / "scores.csv"], [tmp_path / "links.csv"])
+    assert claims_markdown(selected, "t") == claims_markdown(prefiltered, "t")
+    assert selected.runs == prefiltered.runs == 4 * 5  # 4 models × 5 folds of seed 2
+    everything = claims_from_files([folder / "scores.csv"], [folder / "links.csv"])
+    assert claims_markdown(everything, "t") != claims_markdown(selected, "t")
+    with pytest.raises(RunDirError, match=r"--models: \['VAE'\] not in"):
+        claims_from_files([folder / "scores.csv"], models=["CR", "VAE"])
+    with pytest.raises(RunDirError, match=r"--seeds: \[7\] not in"):
+        claims_from_files([folder / "scores.csv"], seeds=[7])
+    spec = parse_block_arguments("--scores a.csv --models CR,XX --seeds 1,2", "DOC.md")
+    assert spec.models == ("CR", "XX") and spec.seeds == (1, 2)
+    with pytest.raises(ConfigError, match="--seeds expects integers"):
+        parse_block_arguments("--scores a.csv --seeds one", "DOC.md")
+
+
+def test_command_line_selection_needs_scores_files(results: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(results)
+    assert main(["claims", "--scores", "results/demo/scores.csv", "--models", "CR,XX",
+                 "--seeds", "1", "--markdown", "part.md"]) == 0
+    part = Path("part.md").read_text()
+    assert "XX − CR" in part and "n=5" in part and "n=10" not in part  # seed 1's 5 folds
+    capsys.readouterr()
+    assert main(["claims", "sweep", "--models", "CR"]) != 0
+    said = capsys.readouterr()
+    assert "give --scores FILE" in " ".join((said.out + said.err).split())
+
+
 def test_committed_reproduction_equals_its_committed_results() -> None:
     """Every table and verdict of REPRODUCTION.md is what the committed results files give."""
     document = ROOT / "REPRODUCTION.md"

@@ -118,8 +118,18 @@ def check_sweep(sweep: SweepDir, *, permutations: int = 100, alpha: float = 0.05
 
 
 def claims_from_files(scores: Sequence[Path], links: Sequence[Path] = (), *,
-                      alpha: float = 0.05, seed: int = 0) -> ClaimsReport:
-    """Decide the claims from committed scores files (and links files), no run directories."""
+                      alpha: float = 0.05, seed: int = 0, models: Sequence[str] = (),
+                      seeds: Sequence[int] = ()) -> ClaimsReport:
+    """Decide the claims from committed scores files (and links files), no run directories.
+
+    ``models`` and ``seeds``, when given, keep only those models and those seeds' runs (of the
+    scores and the links alike), so that one committed file can hold a whole sweep and each
+    generated block choose, say, the models run on every seed.
+
+    Raises:
+        RunDirError: no scores file, a links file without the link columns, a named model or
+            seed that the scores files do not have, or nothing left after the selection.
+    """
     if not scores:
         raise RunDirError("give at least one scores file")
     frame = pd.concat([read_scores(Path(p)) for p in scores], ignore_index=True)
@@ -131,6 +141,23 @@ def claims_from_files(scores: Sequence[Path], links: Sequence[Path] = (), *,
             raise RunDirError(f"{path} is not a links table: columns {missing} are missing")
         link_frames.append(table)
     link_table = pd.concat(link_frames, ignore_index=True) if link_frames else None
+    names = ", ".join(str(p) for p in scores)
+    for column, wanted in (("model", [str(m) for m in models]), ("seed", [int(s) for s in seeds])):
+        if not wanted:
+            continue
+        present = set(frame[column].astype(type(wanted[0])))
+        absent = [w for w in wanted if w not in present]
+        if absent:
+            raise RunDirError(f"--{column}s: {absent} not in {names} (it has "
+                              f"{sorted(present)})")
+        frame = frame[frame[column].astype(type(wanted[0])).isin(wanted)]
+        if link_table is not None and column in link_table.columns:
+            link_table = link_table[link_table[column].astype(type(wanted[0])).isin(wanted)]
+    if frame.empty:
+        raise RunDirError(f"no scores left in {names} after the selection")
+    frame = frame.reset_index(drop=True)
+    if link_table is not None:
+        link_table = link_table.reset_index(drop=True)
     return _decide(frame, model_infos_from_scores(frame), link_table, alpha=alpha, seed=seed)
 
 

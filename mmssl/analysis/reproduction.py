@@ -8,7 +8,8 @@ table of scores and verdicts sits in a *generated block*::
     <!-- END mmssl claims -->
 
 The arguments after ``BEGIN mmssl claims`` are those of ``mmssl claims`` (``--scores`` and
-``--links`` repeatable, ``--alpha``, ``--title``), with paths relative to the document's folder.
+``--links`` repeatable, ``--alpha``, ``--title``, and ``--models``/``--seeds``, comma-separated,
+to decide from part of the files), with paths relative to the document's folder.
 :func:`refresh_document` recomputes every block from the files it names
 (:func:`~mmssl.analysis.claims.claims_from_files`: the mean ± std test scores per model, the
 verdicts with p-values, intervals and the number of paired runs) and rewrites the document
@@ -42,6 +43,8 @@ class BlockSpec:
     links: tuple[str, ...] = ()
     alpha: float = 0.05
     title: str = "The paper's claims"
+    models: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
 
 
 def parse_block_arguments(text: str, where: str) -> BlockSpec:
@@ -59,12 +62,15 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
     scores: list[str] = []
     links: list[str] = []
     alpha, title = 0.05, BlockSpec.title
+    models: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
     position = 0
     while position < len(words):
         flag = words[position]
-        if flag not in ("--scores", "--links", "--alpha", "--title"):
+        if flag not in ("--scores", "--links", "--alpha", "--title", "--models", "--seeds"):
             raise ConfigError(f"{where}: unknown argument {flag!r}; a generated block takes "
-                              "--scores FILE (repeatable), --links FILE, --alpha A, --title T")
+                              "--scores FILE (repeatable), --links FILE, --alpha A, --title T, "
+                              "--models M1,M2, --seeds S1,S2")
         if position + 1 >= len(words):
             raise ConfigError(f"{where}: {flag} needs a value")
         value = words[position + 1]
@@ -74,6 +80,14 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
             links.append(value)
         elif flag == "--title":
             title = value
+        elif flag == "--models":
+            models = tuple(m.strip() for m in value.split(",") if m.strip())
+        elif flag == "--seeds":
+            try:
+                seeds = tuple(int(v) for v in value.split(",") if v.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: --seeds expects integers like 1,2,3, got "
+                                  f"{value!r}") from None
         else:
             try:
                 alpha = float(value)
@@ -82,13 +96,13 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
         position += 2
     if not scores:
         raise ConfigError(f"{where}: a generated block needs at least one --scores FILE")
-    return BlockSpec(tuple(scores), tuple(links), alpha, title)
+    return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds)
 
 
 def render_block(spec: BlockSpec, base: Path) -> str:
     """The body of a block: results table, verdicts and comparisons, from the named files."""
     report = claims_from_files([base / p for p in spec.scores], [base / p for p in spec.links],
-                               alpha=spec.alpha)
+                               alpha=spec.alpha, models=spec.models, seeds=spec.seeds)
     sources = ", ".join(f"`{p}`" for p in (*spec.scores, *spec.links))
     text = claims_markdown(report, spec.title, heading="####", results=True)
     return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n"

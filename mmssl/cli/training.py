@@ -122,9 +122,18 @@ def cmd_claims(args: Any) -> int:
                 ("refreshed: " + "; ".join(changed)))
         console.print(f"{document}: {said}", soft_wrap=True)
         return 0
+    if (args.models or args.seeds) and not args.scores:
+        raise ConfigError("--models and --seeds select from committed files: give --scores FILE")
     if args.scores:
+        try:
+            seeds = [int(v) for v in (args.seeds or "").split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds expects integers like 1,2,3, got {args.seeds!r}") \
+                from None
+        models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
         report = claims_from_files([Path(p) for p in args.scores],
-                                   [Path(p) for p in args.links or []], alpha=args.alpha)
+                                   [Path(p) for p in args.links or []], alpha=args.alpha,
+                                   models=models, seeds=seeds)
         title = "The paper's claims on " + ", ".join(Path(p).name for p in args.scores)
     else:
         if not args.sweep_dir:
@@ -201,6 +210,10 @@ def claims_parser(parser: ArgumentParser) -> None:
                         help="with --scores: committed links files (repeatable)")
     parser.add_argument("--markdown", type=str | None, default=None,
                         help="also write the verdicts as Markdown to this file")
+    parser.add_argument("--models", type=str | None, default=None,
+                        help="with --scores: decide from these models only (comma-separated)")
+    parser.add_argument("--seeds", type=str | None, default=None,
+                        help="with --scores: decide from these seeds' runs only, e.g. 1")
     parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
     parser.add_argument("--permutations", type=int, default=100,
                         help="permutations of the held-out link p-values")
