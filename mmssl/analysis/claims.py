@@ -25,6 +25,7 @@ from mmssl.analysis.aggregate import columns_of, headline_metric, summarise
 from mmssl.analysis.claim_rules import ModelInfo, Verdict, evaluate_claims
 from mmssl.analysis.records import RunRecord, load_records, model_info, read_scores, scores_frame
 from mmssl.analysis.tables import Table, results_table
+from mmssl.analysis.verdicts import LINK_COLUMNS
 from mmssl.errors import RunDirError
 from mmssl.evaluation.links import reduced_cca_links
 from mmssl.methods import METHODS, method_class
@@ -34,10 +35,6 @@ from mmssl.runs.rundir import SweepDir
 
 __all__ = ["LINK_COLUMNS", "ClaimsReport", "check_sweep", "claims_from_files", "claims_markdown",
            "claims_table", "link_row", "links_frame", "model_infos_from_scores", "write_claims"]
-
-#: Columns of the links table.
-LINK_COLUMNS: tuple[str, ...] = ("model", "fold", "seed", "first", "strength", "p_first")
-
 
 @dataclass
 class ClaimsReport:
