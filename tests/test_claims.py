@@ -140,3 +140,24 @@ def test_command_line_on_a_sweep_and_on_committed_files(sweep: Path, tmp_path: P
     assert text.startswith("# The paper's claims on scores.csv")
     assert "| 1. multimodal beats unimodal | supported |" in text
     assert "Holm" in text
+
+
+def test_all_runs_decides_on_every_planned_run_not_only_the_last_request(
+        tmp_path: Path) -> None:
+    """A folder swept in steps: the last command asked for two models; --all-runs sees all."""
+    root = tmp_path / "steps"
+    supportive_sweep(root)
+    plan = json.loads(SweepDir(root).plan.read_text())
+    plan["requested"] = [r for r in plan["requested"] if r[0] in ("CR", "XX")]
+    io.write_json(SweepDir(root).plan, plan)
+    last = check_sweep(SweepDir(root), permutations=10)
+    assert sorted(last.models) == ["CR", "XX"] and last.runs == 2 * 10
+    every = check_sweep(SweepDir(root), permutations=10, all_runs=True)
+    assert sorted(every.models) == sorted(["CR", "XX", "RR", "XX-RR", "CC", "dccae", "mmvae"])
+    assert every.runs == 7 * 10
+    written = (root / "scores.csv").read_text()
+    assert "mmvae" in written  # the files follow the runs decided on
+    assert main(["claims", str(root), "--permutations", "10"]) == 0
+    assert "mmvae" not in (root / "scores.csv").read_text()
+    assert main(["claims", str(root), "--permutations", "10", "--all-runs"]) == 0
+    assert "mmvae" in (root / "scores.csv").read_text()

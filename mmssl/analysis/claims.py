@@ -103,9 +103,14 @@ def _decide(scores: pd.DataFrame, models: dict[str, ModelInfo], links: pd.DataFr
 
 
 def check_sweep(sweep: SweepDir, *, permutations: int = 100, alpha: float = 0.05,
-                seed: int = 0) -> ClaimsReport:
-    """Decide the claims on a sweep's evaluated runs; writes ``scores.csv`` and ``links.csv``."""
-    records = load_records(sweep)
+                seed: int = 0, all_runs: bool = False) -> ClaimsReport:
+    """Decide the claims on a sweep's evaluated runs; writes ``scores.csv`` and ``links.csv``.
+
+    By default only the runs the last ``mmssl sweep`` command of the folder requested; with
+    ``all_runs`` every evaluated run its plan lists (sweeps added to one folder in steps, e.g.
+    some models on three seeds and others on one).
+    """
+    records = load_records(sweep, requested_only=not all_runs)
     scores = scores_frame(records)
     links = links_frame(records, permutations=permutations)
     io.write_text(sweep.scores, scores.to_csv(index=False, lineterminator="\n"))

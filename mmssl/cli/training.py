@@ -139,7 +139,8 @@ def cmd_claims(args: Any) -> int:
         if not args.sweep_dir:
             raise ConfigError("give a sweep directory, or --scores FILE [--links FILE]")
         sweep = SweepDir(Path(args.sweep_dir))
-        report = check_sweep(sweep, permutations=args.permutations, alpha=args.alpha)
+        report = check_sweep(sweep, permutations=args.permutations, alpha=args.alpha,
+                             all_runs=args.all_runs)
         json_path, md_path = write_claims(sweep, report)
         title = f"The paper's claims on {args.sweep_dir}"
         console.print(f"claims: {md_path} and {json_path}", soft_wrap=True)
@@ -217,6 +218,9 @@ def claims_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
     parser.add_argument("--permutations", type=int, default=100,
                         help="permutations of the held-out link p-values")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="a sweep folder: every evaluated run its plan lists, not only those "
+                             "the last `mmssl sweep` command requested")
     parser.add_argument("--refresh", type=str | None, default=None,
                         help="recompute the generated blocks of this Markdown file "
                              "(e.g. REPRODUCTION.md) from the results files they name")
