@@ -44,13 +44,15 @@ from rich.table import Table
 
 from mmssl import io
 from mmssl.data.neuro.simulate import grey_matter_profiles
+from mmssl.objectives.infonce import critic_scores
 
 __all__ = ["infonce", "learnability", "main", "top1"]
 
 
 def infonce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of paired rows on the scaled dot product (chance ``2 ln B``)."""
-    scores = a @ b.T / a.shape[1] ** 0.5
+    # mmssl's critic on one location per sample: s_ij = a_i · b_j / sqrt(d).
+    scores = critic_scores(a.unsqueeze(-1), b.unsqueeze(-1), "scaled_dot")[:, :, 0, 0]
     target = torch.arange(len(a))
     return F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)
 

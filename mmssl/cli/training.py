@@ -125,15 +125,13 @@ def cmd_claims(args: Any) -> int:
     if (args.models or args.seeds) and not args.scores:
         raise ConfigError("--models and --seeds select from committed files: give --scores FILE")
     if args.scores:
-        try:
-            seeds = [int(v) for v in (args.seeds or "").split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds expects integers like 1,2,3, got {args.seeds!r}") \
-                from None
-        models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+        seeds = int_list(args.seeds, "--seeds")
+        if isinstance(seeds, str):
+            raise ConfigError("--seeds selects seeds from the files, e.g. 1 or 1,2; leave it out "
+                              "for every seed")
         report = claims_from_files([Path(p) for p in args.scores],
                                    [Path(p) for p in args.links or []], alpha=args.alpha,
-                                   models=models, seeds=seeds)
+                                   models=names(args.models), seeds=seeds)
         title = "The paper's claims on " + ", ".join(Path(p).name for p in args.scores)
     else:
         if not args.sweep_dir:
