@@ -11,12 +11,14 @@ import torch
 
 from mmssl.objectives.infonce import (
     CHUNK_ELEMENTS,
+    DIRECT_ELEMENTS,
     _dense_infonce,
     _lean_infonce,
     auto_chunk_size,
     critic_scores,
     infonce,
     infonce_dense,
+    infonce_shared,
     infonce_with_masks,
 )
 
@@ -152,12 +154,14 @@ def test_memory_is_linear_in_locations():
 
 def test_lean_saves_no_score_sized_tensor():
     """At L = 512 the lean estimator saves only its inputs and B×B-sized tensors, while the
-    dense one saves several B·B·L_x·L_y score tensors (which shows the hook sees them)."""
+    dense one saves several B·B·L_x·L_y score tensors (which shows the hook sees them). (The
+    scores are above DIRECT_ELEMENTS, so lean chunks them.)"""
     torch.manual_seed(5)
-    batch, channels, n_loc = 16, 4, 512
+    batch, channels, n_loc = 32, 4, 512
     anchors = torch.randn(batch, channels, 1, requires_grad=True)
     candidates = torch.randn(batch, channels, n_loc, requires_grad=True)
     score_numel = batch * batch * n_loc
+    assert score_numel > DIRECT_ELEMENTS
     lean = saved_tensor_sizes(infonce, anchors, candidates)
     dense = saved_tensor_sizes(infonce_dense, anchors, candidates)
     assert max(lean) <= max(candidates.numel(), batch * batch)
@@ -401,3 +405,90 @@ def test_lean_backward_under_autocast_matches_float32() -> None:
     for got, want in zip(loss_and_grads(True), loss_and_grads(False), strict=True):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _weighted_total(results):
+    """Σ_g (g+1)·loss_g + (g+2)·penalty_g: distinct weights, so a gradient routed to the wrong
+    term shows."""
+    return sum((g + 1) * r.loss + (g + 2) * r.penalty for g, r in enumerate(results))
+
+
+@pytest.mark.parametrize("batch,n_loc,chunk_size", [
+    (8, 16, None),      # 3·8·8·16 scores: the direct path
+    (32, 128, None),    # 3·32·32·128 = 393k > DIRECT_ELEMENTS: chunked (one chunk)
+    (32, 128, 5),       # chunked, 7 chunks, the last partial
+])
+@pytest.mark.parametrize("critic,clip", [("scaled_dot", 20.0), ("cosine", 20.0),
+                                         ("scaled_dot", None), ("dot", 2.0)])
+def test_shared_terms_equal_the_terms_one_by_one(batch, n_loc, chunk_size, critic, clip):
+    """infonce_shared(anchor sets, x) gives each term's loss, penalty and gradients exactly as
+    the dense estimator computes the terms one at a time."""
+    torch.manual_seed(11)
+    channels = 6
+    settings = {"critic": critic, "clip": clip, "penalty_weight": 0.07, "temperature": 0.5}
+    sets = [torch.randn(batch, channels, 1, requires_grad=True) for _ in range(3)]
+    candidates = torch.randn(batch, channels, n_loc, requires_grad=True)
+    shared = infonce_shared(sets, candidates, chunk_size=chunk_size, **settings)
+    assert (3 * batch * batch * n_loc <= DIRECT_ELEMENTS) == (batch == 8)
+    one_by_one = [infonce_dense(a, candidates, **settings) for a in sets]
+    for mine, theirs in zip(shared, one_by_one, strict=True):
+        assert mine.loss.item() == pytest.approx(theirs.loss.item(), rel=1e-5, abs=1e-6)
+        assert mine.penalty.item() == pytest.approx(theirs.penalty.item(), rel=1e-5, abs=1e-6)
+    inputs = [*sets, candidates]
+    got = torch.autograd.grad(_weighted_total(shared), inputs)
+    want = torch.autograd.grad(_weighted_total(one_by_one), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_terms_with_several_anchor_locations():
+    """Terms whose anchors have L_y > 1 share candidates too (P and Q per term's block)."""
+    torch.manual_seed(12)
+    sets = [torch.randn(16, 4, 3, requires_grad=True) for _ in range(2)]
+    candidates = torch.randn(16, 4, 40, requires_grad=True)
+    shared = infonce_shared(sets, candidates, chunk_size=4)
+    one_by_one = [infonce_dense(a, candidates) for a in sets]
+    inputs = [*sets, candidates]
+    got = torch.autograd.grad(_weighted_total(shared), inputs)
+    want = torch.autograd.grad(_weighted_total(one_by_one), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_direct_and_chunked_lean_paths_agree():
+    """Below DIRECT_ELEMENTS the lean estimator computes the scores directly; the chunked path
+    (forced with chunk_size) gives the same loss, penalty and gradients."""
+    torch.manual_seed(13)
+    anchors = torch.randn(12, 5, 1, requires_grad=True)
+    candidates = torch.randn(12, 5, 30, requires_grad=True)
+    direct = infonce(anchors, candidates)
+    chunked = infonce(anchors, candidates, chunk_size=5)
+    assert direct.loss.item() == pytest.approx(chunked.loss.item(), rel=1e-6)
+    assert direct.penalty.item() == pytest.approx(chunked.penalty.item(), rel=1e-6)
+    got = torch.autograd.grad(direct.loss + direct.penalty, [anchors, candidates])
+    want = torch.autograd.grad(chunked.loss + chunked.penalty, [anchors, candidates])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_loc", [8, 400])  # direct and chunked
+def test_shared_terms_under_autocast_are_float32(n_loc):
+    torch.manual_seed(14)
+    sets = [torch.randn(24, 8, 1) for _ in range(3)]
+    candidates = torch.randn(24, 8, n_loc)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = infonce_shared(sets, candidates)
+    reference = infonce_shared(sets, candidates)
+    for mine, theirs in zip(shared, reference, strict=True):
+        assert mine.loss.dtype == torch.float32
+        assert mine.loss.item() == pytest.approx(theirs.loss.item(), rel=2e-2)
+
+
+def test_shared_terms_refuse_what_they_cannot_share():
+    candidates = torch.randn(4, 3, 5)
+    with pytest.raises(ValueError, match="at least one anchor"):
+        infonce_shared([], candidates)
+    with pytest.raises(ValueError, match="share one shape"):
+        infonce_shared([torch.randn(4, 3, 1), torch.randn(4, 3, 2)], candidates)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        infonce_shared([torch.randn(4, 3, 1)], candidates, estimator="fast")  # type: ignore[arg-type]

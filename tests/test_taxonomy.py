@@ -191,3 +191,51 @@ def test_gradient_flow_cross_modal_reaches_both_cr_never_crosses():
             assert per_encoder[own] > 0 and per_encoder[other] == 0, name
         else:
             assert per_encoder["a"] > 0 and per_encoder["b"] > 0, name
+
+
+def test_terms_that_share_candidates_are_computed_together(monkeypatch, reference_fixture):
+    """CR, XX and CC of CR-XX-CC-RR all read each modality's local map: the lean estimator
+    computes them in one call per map (RR's candidates are the globals, one call each), and
+    the total and every gradient equal those of the terms computed one by one."""
+    import mmssl.objectives.taxonomy as taxonomy
+
+    _, local, global_ = reference_fixture
+    local = {m: {k: v.clone().requires_grad_() for k, v in layers.items()}
+             for m, layers in local.items()}
+    global_ = {m: v.clone().requires_grad_() for m, v in global_.items()}
+    calls: list[int] = []
+    real = taxonomy.infonce_shared
+
+    def counting(anchor_sets, candidates, **kwargs):
+        calls.append(len(anchor_sets))
+        return real(anchor_sets, candidates, **kwargs)
+
+    monkeypatch.setattr(taxonomy, "infonce_shared", counting)
+    objective = Objective.parse("CR-XX-CC-RR")
+    inputs = [*(v for layers in local.values() for v in layers.values()), *global_.values()]
+    together = taxonomy_loss(local, global_, objective, generator=torch.Generator().manual_seed(3))
+    assert calls == [3, 3]
+    apart = taxonomy_loss(local, global_, objective,
+                          estimator=EstimatorSettings(share_candidates=False),
+                          generator=torch.Generator().manual_seed(3))
+    assert calls == [3, 3]
+    assert list(together.terms) == list(apart.terms)
+    for name in together.terms:
+        assert together.terms[name].item() == pytest.approx(apart.terms[name].item(), rel=1e-5)
+    got = torch.autograd.grad(together.total, inputs)
+    want = torch.autograd.grad(apart.total, inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_terms_are_not_shared(monkeypatch, reference_fixture):
+    """With presence masks every term runs on its own valid samples: nothing is shared."""
+    import mmssl.objectives.taxonomy as taxonomy
+
+    _, local, global_ = reference_fixture
+    calls: list[int] = []
+    monkeypatch.setattr(taxonomy, "infonce_shared",
+                        lambda *a, **k: calls.append(1))  # would break the loss if called
+    present = {"0": torch.tensor([True] * 7 + [False]), "1": torch.ones(8, dtype=torch.bool)}
+    out = taxonomy_loss(local, global_, Objective.parse("CR-XX"), present=present)
+    assert calls == [] and torch.isfinite(out.total)

@@ -24,40 +24,48 @@ Two estimators compute them:
   once (8 MiB each at B = B' = 64, L_x = 512, L_y = 1 in float32).
 * ``lean`` (the default of :func:`infonce`) computes all three in **one pass** over the scores,
   chunked over candidate samples: a chunk J of k samples is one batched matrix product giving
-  its :math:`k \times B L_y \times L_x` block of s; the block adds :math:`\lVert s_J\rVert^2` to
-  Q, is clipped in place and reduced in place to :math:`P_{:,J}`, then freed. (With a clip, the
-  clipped scores lie in [−c, c], so for c below ~75 in float32 the log-sum-exp needs no
-  max-shift.) The positives are B products of a :math:`L_y \times C` by a :math:`C \times L_x`
-  matrix. Backward **recomputes** each block instead of saving it (activation recomputation,
-  the trade of :func:`torch.utils.checkpoint` but inside one :class:`torch.autograd.Function`,
-  so the recomputed block is never kept) and applies
+  its :math:`k \times B L_y \times L_x` block of s; the block is clipped in place and reduced in
+  place to :math:`P_{:,J}`, then freed. (With a clip, the clipped scores lie in [−c, c], so for
+  c below ~75 in float32 the log-sum-exp needs no max-shift.) The penalty never touches the
+  scores: with :math:`G_x = \sum_{j,a} x_{j,:,a} x_{j,:,a}^\top` (C×C),
+  :math:`Q = \kappa^2 \sum_{i,b} y_{i,:,b}^\top G_x\, y_{i,:,b}`, and its gradients are
+  :math:`2\kappa^2 G_x y` and :math:`2\kappa^2 (\sum_{i,b} y_{i,:,b} y_{i,:,b}^\top) x`. The
+  positives are B products of a :math:`L_y \times C` by a :math:`C \times L_x` matrix. Backward
+  **recomputes** each block instead of saving it (activation recomputation, the trade of
+  :func:`torch.utils.checkpoint` but inside one :class:`torch.autograd.Function`, so the
+  recomputed block is never kept) and applies
 
   .. math::
       \frac{\partial \mathcal L}{\partial s_{ijab}} = g^P_{ij}\,
           e^{\tilde s_{ijab} - P_{ij}}\,\bigl(1 - (\tilde s_{ijab}/c)^2\bigr)
-          + 2 g^Q s_{ijab}
-          + [j = o+i]\, g^{\mathrm{pos}}_{iab} \bigl(1 - (\tilde s_{ijab}/c)^2\bigr),
+          + [j = o+i]\, g^{\mathrm{pos}}_{iab} \bigl(1 - (\tilde s_{ijab}/c)^2\bigr)
 
-  with :math:`\partial\mathcal L / \partial y_{i,:,b} = \kappa \sum_{j,a}
-  \frac{\partial \mathcal L}{\partial s_{ijab}} x_{j,:,a}` and
+  (plus the penalty's part above), with :math:`\partial\mathcal L / \partial y_{i,:,b} = \kappa
+  \sum_{j,a} \frac{\partial \mathcal L}{\partial s_{ijab}} x_{j,:,a}` and
   :math:`\partial\mathcal L / \partial x_{j,:,a} = \kappa \sum_{i,b}
   \frac{\partial \mathcal L}{\partial s_{ijab}} y_{i,:,b}`, as batched matrix products of the
   block written straight into one gradient buffer per input. Saved for backward: the inputs,
-  the :math:`B \times B'` matrix P and the B·L_y·L_x clipped positives; at most about three
-  chunk-sized buffers exist at any time.
+  the :math:`B \times B'` matrix P and the B·L_y·L_x clipped positives; at most about two
+  chunk-sized buffers exist at any time. Score tensors of at most :data:`DIRECT_ELEMENTS`
+  (RR's B×B, say) are computed directly instead, where the loop's fixed costs would dominate.
+
+Several terms that read the same candidates — in the taxonomy CR, XX and CC all take a
+modality's local map — are computed by one call (:func:`infonce_shared`): their anchors become
+rows of the same chunk products, and P and Q are reduced per term.
 
 The chunk holds at most :data:`CHUNK_ELEMENTS` scores (:func:`auto_chunk_size`) unless
 ``chunk_size`` (candidate samples per chunk) is given; a score tensor that small is done in one
 chunk. Measured at B = C = 64, L_y = 1 on 2 CPU threads (forward + backward, torch 2.13):
-the peak of allocated memory drops from 56 MiB to 15 MiB at L_x = 512 (7 → 5 MiB at
-L_x = 64), and the lean estimator is faster at both (median 60 vs 104 ms at L_x = 512, 23 vs
-33 ms at L_x = 64). Recomputing inside one Function was about twice as fast as
-:func:`torch.utils.checkpoint` per chunk, which also keeps the chunk's intermediates.
+the peak of allocated memory drops from 56 MiB to under 15 MiB at L_x = 512
+(``benchmarks/README.md`` has the current figures). Recomputing inside one Function was about
+twice as fast as :func:`torch.utils.checkpoint` per chunk, which also keeps the chunk's
+intermediates.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -172,6 +180,16 @@ ESTIMATORS: tuple[str, ...] = ("lean", "dense")
 #: L_x = 512); a score tensor no larger than this is computed in one chunk. Smaller chunks save
 #: little more (the candidates' gradient dominates) and cost a thread synchronisation per pass.
 CHUNK_ELEMENTS: int = 2**19
+
+
+#: At most this many scores in one call (all its terms together; 256 KiB in float32) and no
+#: ``chunk_size`` given, the lean estimator computes them directly, as ``dense`` does: the
+#: score-sized buffers autograd then keeps are small, and the chunk loop's fixed costs would
+#: dominate. Measured on 2 CPU threads (B = 64, C = 64, forward + backward): RR's 64×64 scores
+#: 0.42 ms directly against 1.25 ms chunked. Larger calls are chunked: a CR term's 64×64×64
+#: scores cost about the same either way inside a training step, and three terms sharing an
+#: 8×8 map (786k scores) take 4.9 ms chunked against 6.4 ms directly.
+DIRECT_ELEMENTS: int = 2**16
 
 
 def _common_checks(anchors: Tensor, candidates: Tensor) -> None:
@@ -298,6 +316,66 @@ def infonce_dense(
         candidates, offset = gather_with_grad(candidates)
     return _dense_infonce(anchors, candidates, offset, critic=critic, clip=clip,
                           penalty_weight=penalty_weight, temperature=temperature)
+
+
+def infonce_shared(
+    anchor_sets: Sequence[Tensor],
+    candidates: Tensor,
+    *,
+    critic: Critic = "scaled_dot",
+    clip: float | None = 20.0,
+    penalty_weight: float = 0.04,
+    temperature: float = 1.0,
+    gather: bool = False,
+    estimator: Estimator = "lean",
+    chunk_size: int | None = None,
+) -> list[InfoNCEResult]:
+    r"""Several InfoNCE terms that share their candidates, computed together.
+
+    Term g has anchors :math:`y^{(g)} \in \mathbb{R}^{B \times C \times L_y}` and the common
+    candidates x; its result equals ``infonce(anchor_sets[g], candidates, …)`` (to float
+    rounding): loss :math:`\operatorname{mean}_{iab}\operatorname{softplus}(N^{(g)}_i -
+    \tilde s^{(g)}_{iiab})` and penalty :math:`w \operatorname{mean} (s^{(g)})^2`. In the
+    taxonomy every local map :math:`C_i` is the candidate set of CR (:math:`I(R_i; C_i)`), XX
+    (:math:`I(R_j; C_i)`) and CC (:math:`I(C_j[\ell]; C_i)`): with the ``lean`` estimator the
+    G terms' anchors become the rows of one chunk product, so the candidates are read (and,
+    with ``gather``, gathered across processes) once, and there are G times fewer, larger
+    products and passes over the scores. ``dense`` computes the terms one by one.
+
+    Args:
+        anchor_sets: G ≥ 1 anchor tensors of one shape (B, C, L_y).
+        candidates: (B, C, L_x), shared by all terms.
+        critic, clip, penalty_weight, temperature, gather, estimator, chunk_size: as
+            :func:`infonce` (``chunk_size`` counts candidate samples, each chunk serving all
+            G terms).
+
+    Returns:
+        One :class:`InfoNCEResult` per anchor tensor, in order.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
+        )
+    _check_settings(clip, chunk_size)
+    if not anchor_sets:
+        raise ValueError("infonce_shared needs at least one anchor tensor")
+    shapes = {tuple(a.shape) for a in anchor_sets}
+    if len(shapes) != 1:
+        raise ValueError(f"anchor tensors of infonce_shared must share one shape; got "
+                         f"{[tuple(a.shape) for a in anchor_sets]}")
+    if estimator == "dense":
+        return [infonce_dense(a, candidates, critic=critic, clip=clip,
+                              penalty_weight=penalty_weight, temperature=temperature,
+                              gather=gather) for a in anchor_sets]
+    _common_checks(anchor_sets[0], candidates)
+    if anchor_sets[0].dim() != 3 or candidates.dim() != 3:  # before the gather, a collective
+        _critic_inputs(anchor_sets[0], candidates, critic, temperature)
+    offset = 0
+    if gather:
+        candidates, offset = gather_with_grad(candidates)
+    return _lean_infonce_shared(anchor_sets, candidates, offset, critic=critic, clip=clip,
+                                penalty_weight=penalty_weight, temperature=temperature,
+                                chunk_size=chunk_size)
 
 
 def _loss_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tensor:
@@ -438,40 +516,83 @@ def _lean_infonce(anchors: Tensor, candidates: Tensor, offset: int, *, critic: C
     r"""The lean estimator for local anchors whose own samples are ``candidates[offset:]``.
 
     The positives :math:`\tilde s_{i,o+i,ab}`, the pair log-sum-exps P and the sum of squared
-    raw scores Q all come from :class:`_ChunkedScores`.
+    raw scores Q all come from :class:`_ChunkedScores` (one term: G = 1).
+    """
+    return _lean_infonce_shared([anchors], candidates, offset, critic=critic, clip=clip,
+                                penalty_weight=penalty_weight, temperature=temperature,
+                                chunk_size=chunk_size)[0]
+
+
+def _lean_infonce_shared(anchor_sets: Sequence[Tensor], candidates: Tensor, offset: int, *,
+                         critic: Critic, clip: float | None, penalty_weight: float,
+                         temperature: float, chunk_size: int | None = None
+                         ) -> list[InfoNCEResult]:
+    r"""The lean estimator for G terms with the same candidates, in one :class:`_ChunkedScores`.
+
+    The G anchor tensors (each (B, C, L_y)) are laid side by side along the location axis,
+    (B, C, G·L_y), so one chunk product serves every term; the scores are then reduced per term
+    (P and Q over each term's own L_y·L_x block), which is all that tells the terms apart.
     """
     _check_settings(clip, chunk_size)
-    anchors, candidates, scale = _critic_inputs(anchors, candidates, critic, temperature)
+    groups = len(anchor_sets)
+    stacked = anchor_sets[0] if groups == 1 else torch.cat(list(anchor_sets), dim=2)
+    anchors, candidates, scale = _critic_inputs(stacked, candidates, critic, temperature)
     _check_negatives(candidates)
     device_type = candidates.device.type
     if torch.is_autocast_enabled(device_type):
         # Under mixed precision the chunks are computed in float32 (the dense estimator's
-        # log-sum-exp runs in float32 under autocast too).
+        # log-sum-exp runs in float32 under autocast too), always chunked: the Function's
+        # backward stays in float32 even when run under autocast, plain autograd ops would not.
         with torch.autocast(device_type, enabled=False):
-            return _lean_infonce((anchors * scale).float(), candidates.float(), offset,
-                                 critic="dot", clip=clip, penalty_weight=penalty_weight,
-                                 temperature=1.0, chunk_size=chunk_size)
-    batch, channels, n_anchor = anchors.shape
+            scaled_sets = (anchors * scale).float().chunk(groups, dim=2)
+            if chunk_size is None:
+                chunk_size = auto_chunk_size(anchors.shape[0], anchors.shape[2],
+                                             candidates.shape[2], candidates.shape[0])
+            return _lean_infonce_shared(scaled_sets, candidates.float(), offset, critic="dot",
+                                        clip=clip, penalty_weight=penalty_weight,
+                                        temperature=1.0, chunk_size=chunk_size)
+    batch, channels, n_rows = anchors.shape  # n_rows = G·L_y per sample
+    n_anchor = n_rows // groups
     n_cand_samples, _, n_cand = candidates.shape
     scaled = anchors * scale if scale != 1.0 else anchors
-    rows = scaled.transpose(1, 2).reshape(batch * n_anchor, channels).contiguous()  # (B·L_y, C)
+    if chunk_size is None and batch * n_rows * n_cand_samples * n_cand <= DIRECT_ELEMENTS:
+        return [_dense_infonce(part, candidates, offset, critic="dot", clip=clip,
+                               penalty_weight=penalty_weight, temperature=1.0)
+                for part in scaled.chunk(groups, dim=2)]
+    rows = scaled.transpose(1, 2).reshape(batch * n_rows, channels).contiguous()  # (B·G·L_y, C)
     candidates = candidates.contiguous()  # chunks are row blocks; their gradients are written so
     if chunk_size is None:
-        chunk_size = auto_chunk_size(batch, n_anchor, n_cand, n_cand_samples)
+        chunk_size = auto_chunk_size(batch, n_rows, n_cand, n_cand_samples)
     positives, per_pair, squares = _ChunkedScores.apply(
-        rows, candidates, batch, offset, clip, chunk_size, bool(penalty_weight))
+        rows, candidates, batch, groups, offset, clip, chunk_size, bool(penalty_weight))
+    losses = _losses_from_parts(positives.view(batch, groups, n_anchor, n_cand), per_pair, offset)
     if penalty_weight:
-        penalty = penalty_weight * squares / (batch * n_cand_samples * n_cand * n_anchor)
+        penalties = penalty_weight * squares / (batch * n_cand_samples * n_cand * n_anchor)
     else:
-        penalty = per_pair.new_zeros(())
-    return InfoNCEResult(loss=_loss_from_parts(positives, per_pair, offset), penalty=penalty)
+        penalties = per_pair.new_zeros(groups)
+    return [InfoNCEResult(loss=losses[g], penalty=penalties[g]) for g in range(groups)]
+
+
+def _losses_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tensor:
+    r"""Per term g: mean softplus(N_gi − pos_gi), N_gi the log-sum-exp of P_gij over j ≠ o + i.
+
+    ``positives`` (B, G, L_y, L_x) holds :math:`\tilde s_{i,o+i,ab}` of each term, ``per_pair``
+    (G, B, B') each term's P; returns the G losses. With G = 1 this is
+    :func:`_loss_from_parts`.
+    """
+    batch = positives.shape[0]
+    same_sample = torch.zeros(per_pair.shape[1:], dtype=torch.bool, device=per_pair.device)
+    same_sample[:, offset:offset + batch] = torch.eye(batch, dtype=torch.bool,
+                                                      device=per_pair.device)
+    negatives = torch.logsumexp(per_pair.masked_fill(same_sample, float("-inf")), dim=2)
+    return F.softplus(negatives.T[:, :, None, None] - positives).mean(dim=(0, 2, 3))
 
 
 def _logsumexp_pairs_(scores: Tensor) -> Tensor:
-    """log Σ_{b,a} exp over dims 2 and 3 of (k, B, L_y, L_x) → (k, B), destroying ``scores``."""
-    peak = scores.amax(dim=(2, 3), keepdim=True)
-    total = scores.sub_(peak).exp_().sum(dim=(2, 3))
-    return total.log_().add_(peak[:, :, 0, 0])
+    """log Σ_{b,a} exp over the last two dims of (…, L_y, L_x) → (…), destroying ``scores``."""
+    peak = scores.amax(dim=(-2, -1), keepdim=True)
+    total = scores.sub_(peak).exp_().sum(dim=(-2, -1))
+    return total.log_().add_(peak[..., 0, 0])
 
 
 def _chunks(total: int, chunk: int) -> list[tuple[int, int]]:
@@ -482,14 +603,16 @@ def _chunks(total: int, chunk: int) -> list[tuple[int, int]]:
 class _ChunkedScores(torch.autograd.Function):
     r"""Positives, pair log-sum-exps P and Q = Σ s², chunked, recomputed in backward.
 
-    Inputs: ``rows`` (B·L_y, C), the scaled anchors with rows ordered (sample, location);
-    ``candidates`` (B', C, L_x); ``batch`` B; ``offset`` o, the row of anchor 0's own sample;
-    ``clip`` c or None; ``chunk`` candidate samples per chunk; ``want_squares`` whether Q is
-    needed. Outputs the clipped positives :math:`\tilde s_{i,o+i,ab}` as (B, L_y, L_x),
-    P (B, B') and Q (0-d).
+    Inputs: ``rows`` (B·G·L_y, C), the scaled anchors of G terms that share the candidates,
+    rows ordered (sample, term, location); ``candidates`` (B', C, L_x); ``batch`` B; ``groups``
+    G; ``offset`` o, the row of anchor 0's own sample; ``clip`` c or None; ``chunk`` candidate
+    samples per chunk; ``want_squares`` whether Q is needed. Outputs the clipped positives
+    :math:`\tilde s_{i,o+i,ab}` as (B, G·L_y, L_x), P per term as (G, B, B') and Q per term
+    as (G,). With G = 1 it is one term; with G > 1 every chunk serves all G terms in one
+    product (:func:`infonce_shared`).
 
     A chunk of k candidate samples is the batched product ``rows @ candidates[J]`` of shape
-    (k, B·L_y, L_x), laid out (j, i, b, a): no copy of the candidates is made. With a clip the
+    (k, B·G·L_y, L_x), laid out (j, i, g, b, a): no copy of the candidates is made. With a clip the
     rows are divided by c first, so the product is s/c, ready for the tanh (Q is then
     :math:`c^2 \sum (s/c)^2`). In backward the candidates' gradient, from the chunks and from
     the positives, is written straight into one buffer, so the candidates get a single
@@ -500,39 +623,43 @@ class _ChunkedScores(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, rows: Tensor, candidates: Tensor, batch: int,
-        offset: int, clip: float | None, chunk: int, want_squares: bool,
+        groups: int, offset: int, clip: float | None, chunk: int, want_squares: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n_cand_samples, channels, n_cand = candidates.shape
-        n_anchor = rows.shape[0] // batch
+        n_anchor = rows.shape[0] // (batch * groups)  # L_y, locations per term's anchor
         lhs = rows if clip is None else rows / clip
         shift = _needs_shift(clip, n_anchor * n_cand, rows.dtype)
-        pairs_t = rows.new_empty(n_cand_samples, batch)  # P transposed: a row per sample j
-        squares = rows.new_zeros(())
+        # P transposed: a row per candidate sample j, then anchor sample i, then term g
+        pairs_t = rows.new_empty(n_cand_samples, batch, groups)
         for start, stop in _chunks(n_cand_samples, chunk):
             scores = torch.bmm(lhs.expand(stop - start, *lhs.shape), candidates[start:stop])
-            if want_squares:  # norms of rows of L_x, then a pairwise sum: accurate in float32
-                squares += torch.linalg.vector_norm(scores, dim=-1).square_().sum()
-            grid = scores.view(stop - start, batch, n_anchor, n_cand)  # s, or s/c with a clip
+            grid = scores.view(stop - start, batch, groups, n_anchor, n_cand)  # s, or s/c
             if clip is not None:
                 grid.tanh_().mul_(clip)
             if shift:
                 pairs_t[start:stop] = _logsumexp_pairs_(grid)
             else:  # |s̃| ≤ c: exp neither overflows nor underflows
-                torch.sum(grid.exp_(), dim=(2, 3), out=pairs_t[start:stop])
+                torch.sum(grid.exp_(), dim=(3, 4), out=pairs_t[start:stop])
             del scores, grid
         if not shift:
             pairs_t.log_()
-        per_pair = pairs_t.T.contiguous()
-        if clip is not None:
-            squares = squares * clip**2
+        per_pair = pairs_t.permute(2, 1, 0).contiguous()  # (G, B, B')
+        # Q_g = Σ_{r∈g} Σ_{j,a} (y_r·x_ja)² = Σ_{r∈g} y_rᵀ G_x y_r, G_x = Σ_{j,a} x_ja x_jaᵀ:
+        # C×C work instead of a pass over the scores.
+        if want_squares:
+            quadratic = (rows @ _gram(candidates) * rows).sum(dim=1)
+            squares = quadratic.view(batch, groups, n_anchor).sum(dim=(0, 2))
+        else:
+            squares = rows.new_zeros(groups)
         own = candidates[offset:offset + batch]
-        positives = torch.bmm(lhs.view(batch, n_anchor, channels), own)  # (B, L_y, L_x)
+        positives = torch.bmm(lhs.view(batch, groups * n_anchor, channels), own)  # (B, G·L_y, L_x)
         squashed = None
         if clip is not None:
             squashed = positives.tanh_()
             positives = squashed * clip
         ctx.save_for_backward(rows, candidates, per_pair, squashed)  # type: ignore[arg-type]
         ctx.batch, ctx.offset, ctx.clip = batch, offset, clip  # type: ignore[attr-defined]
+        ctx.groups = groups  # type: ignore[attr-defined]
         ctx.chunk, ctx.shift = chunk, shift  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
         return positives, per_pair, squares
@@ -542,7 +669,7 @@ class _ChunkedScores(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_positives: Tensor | None,
         grad_pairs: Tensor | None, grad_squares: Tensor | None,
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None, None]:
         rows = ctx.saved_tensors[0]  # type: ignore[attr-defined]
         # A backward run under autocast (not recommended, but users do it) must not recast the
         # float32 chunks: the forward ran them in float32 (see _lean_infonce).
@@ -553,52 +680,68 @@ class _ChunkedScores(torch.autograd.Function):
     def _backward(
         ctx: torch.autograd.function.FunctionCtx, grad_positives: Tensor | None,
         grad_pairs: Tensor | None, grad_squares: Tensor | None,
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None, None]:
         rows, candidates, per_pair, squashed = ctx.saved_tensors  # type: ignore[attr-defined]
         batch, offset, clip = ctx.batch, ctx.offset, ctx.clip  # type: ignore[attr-defined]
+        groups = ctx.groups  # type: ignore[attr-defined]
         chunk, shift = ctx.chunk, ctx.shift  # type: ignore[attr-defined]
         need_rows, need_cands = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
         n_cand_samples, channels, n_cand = candidates.shape
         n_rows = rows.shape[0]
         lhs = rows if clip is None else rows / clip
         # Σ over chunk samples of G_j x_jᵀ is summed once at the end.
-        grad_rows_parts = (rows.new_zeros(min(chunk, n_cand_samples), n_rows, channels)
-                           if need_rows else None)
-        grad_cands = torch.empty_like(candidates) if need_cands else None
-        # 2 g^Q s = 2 g^Q c (s/c): the coefficient of the product's output.
-        penalty_coef = None if grad_squares is None else \
-            2 * grad_squares * (1.0 if clip is None else clip)
-        # g^P exp(s̃ − P): with the shift as written, without it as exp(s̃) · g^P e^{−P}.
-        if grad_pairs is not None and not shift:
-            grad_pairs = grad_pairs * (-per_pair).exp()
-        log_norm = per_pair.T[:, :, None, None] if shift else None  # (B', B, 1, 1)
-        weight = None if grad_pairs is None else grad_pairs.T[:, :, None, None]
-        for start, stop in _chunks(n_cand_samples, chunk):
-            block = candidates[start:stop]
-            scores = torch.bmm(lhs.expand(stop - start, *lhs.shape), block)
-            grad = _score_gradient_(
-                scores.view(stop - start, batch, -1, n_cand),
-                None if log_norm is None else log_norm[start:stop],
-                None if weight is None else weight[start:stop],
-                penalty_coef, clip,
-            ).view(stop - start, n_rows, n_cand)
-            if grad_rows_parts is not None:
-                grad_rows_parts[:stop - start].baddbmm_(grad, block.transpose(1, 2))
+        grad_rows = rows.new_zeros(n_rows, channels) if need_rows else None
+        grad_cands = torch.zeros_like(candidates) if need_cands else None
+        if grad_pairs is not None:  # through P: the only part that needs the scores again
+            grad_rows_parts = (rows.new_zeros(min(chunk, n_cand_samples), n_rows, channels)
+                               if need_rows else None)
+            # g^P exp(s̃ − P): with the shift as written, without it as exp(s̃) · g^P e^{−P}.
+            if not shift:
+                grad_pairs = grad_pairs * (-per_pair).exp()
+            # (G, B, B') → (B', B, G, 1, 1): a candidate sample's chunk rows first
+            log_norm = per_pair.permute(2, 1, 0)[..., None, None] if shift else None
+            weight = grad_pairs.permute(2, 1, 0)[..., None, None]
+            for start, stop in _chunks(n_cand_samples, chunk):
+                block = candidates[start:stop]
+                scores = torch.bmm(lhs.expand(stop - start, *lhs.shape), block)
+                grad = _score_gradient_(
+                    scores.view(stop - start, batch, groups, -1, n_cand),
+                    None if log_norm is None else log_norm[start:stop],
+                    weight[start:stop], clip,
+                ).view(stop - start, n_rows, n_cand)
+                if grad_rows_parts is not None:
+                    grad_rows_parts[:stop - start].baddbmm_(grad, block.transpose(1, 2))
+                if grad_cands is not None:
+                    torch.bmm(rows.T.expand(stop - start, channels, n_rows), grad,
+                              out=grad_cands[start:stop])
+                del scores, grad
+            if grad_rows is not None and grad_rows_parts is not None:
+                grad_rows += grad_rows_parts.sum(dim=0)
+        if grad_squares is not None:
+            # ∂Q_g/∂y_r = 2 G_x y_r and ∂Q_g/∂x_ja = 2 (Σ_{r∈g} y_r y_rᵀ) x_ja: C×C products
+            per_term = n_rows // (batch * groups)
+            coef = (2 * grad_squares).view(1, groups, 1).expand(batch, groups, per_term)
+            coef = coef.reshape(n_rows, 1)
+            if grad_rows is not None:
+                grad_rows += coef * (rows @ _gram(candidates))
             if grad_cands is not None:
-                torch.bmm(rows.T.expand(stop - start, channels, n_rows), grad,
-                          out=grad_cands[start:stop])
-            del scores, grad
-        grad_rows = None if grad_rows_parts is None else grad_rows_parts.sum(dim=0)
+                outer = (rows * coef).T @ rows  # Σ_g 2 g^Q_g Σ_{r∈g} y_r y_rᵀ
+                grad_cands.baddbmm_(outer.expand(n_cand_samples, channels, channels), candidates)
         if grad_positives is not None:  # positives s_{i,o+i,ab}: one L_y×C by C×L_x product each
             grad_raw = grad_positives if squashed is None else \
-                grad_positives * (1 - squashed * squashed)  # (B, L_y, L_x)
+                grad_positives * (1 - squashed * squashed)  # (B, G·L_y, L_x)
             if grad_rows is not None:
                 own = candidates[offset:offset + batch]
                 grad_rows += torch.bmm(grad_raw, own.transpose(1, 2)).view(n_rows, channels)
             if grad_cands is not None:
                 per_sample = rows.view(batch, -1, channels)
                 grad_cands[offset:offset + batch].baddbmm_(per_sample.transpose(1, 2), grad_raw)
-        return grad_rows, grad_cands, None, None, None, None, None
+        return grad_rows, grad_cands, None, None, None, None, None, None
+
+
+def _gram(candidates: Tensor) -> Tensor:
+    r""":math:`G_x = \sum_{j,a} x_{j,:,a} x_{j,:,a}^\top` (C×C) of candidates (B', C, L_x)."""
+    return torch.bmm(candidates, candidates.transpose(1, 2)).sum(dim=0)
 
 
 def _needs_shift(clip: float | None, terms: int, dtype: torch.dtype) -> bool:
@@ -615,42 +758,31 @@ def _needs_shift(clip: float | None, terms: int, dtype: torch.dtype) -> bool:
                 and clip < -math.log(info.tiny) - 4)
 
 
-def _score_gradient_(scores: Tensor, log_norm: Tensor | None, weight: Tensor | None,
-                     penalty_coef: Tensor | None, clip: float | None) -> Tensor:
-    r"""∂L/∂s for one recomputed chunk (k, B, L_y, L_x); may overwrite ``scores``.
+def _score_gradient_(scores: Tensor, log_norm: Tensor | None, weight: Tensor,
+                     clip: float | None) -> Tensor:
+    r"""∂L/∂s through P for one recomputed chunk (k, B, G, L_y, L_x); overwrites ``scores``.
 
     ``scores`` holds :math:`u = s/c` with a clip (u = s without), and
 
     .. math::
         \frac{\partial L}{\partial s} = \omega\, e^{\tilde s - \lambda}
-            \bigl(1 - \tanh^2 u\bigr) + \beta u,
-        \qquad \tilde s = c \tanh u,
+            \bigl(1 - \tanh^2 u\bigr), \qquad \tilde s = c \tanh u,
 
-    with :math:`\lambda` = ``log_norm`` (P, or 0 when None), :math:`\omega` = ``weight``
-    (:math:`g^P`, or :math:`g^P e^{-P}` when λ = 0), both broadcasting against ``scores``, and
-    :math:`\beta` = ``penalty_coef`` (:math:`2 g^Q c`, or :math:`2 g^Q` without a clip, when
-    :math:`\tilde s = u` and the middle factor is 1).
+    with :math:`\lambda` = ``log_norm`` (P, or 0 when None) and :math:`\omega` = ``weight``
+    (:math:`g^P`, or :math:`g^P e^{-P}` when λ = 0), both broadcasting against ``scores``
+    (without a clip the last factor is 1). The penalty's part, :math:`2 g^Q s`, never needs
+    the scores (:class:`_ChunkedScores` applies it through Gram matrices).
     """
-    if weight is None:  # only the penalty reaches the scores
-        if penalty_coef is None:
-            return scores.zero_()
-        return scores.mul_(penalty_coef)
-    keep_raw = penalty_coef is not None
     if clip is None:
         if log_norm is None:
             raise ValueError("unclipped scores need their log-sum-exp shift")
-        shifted = scores - log_norm if keep_raw else scores.sub_(log_norm)
-        grad = shifted.exp_().mul_(weight)
-    else:
-        squashed = torch.tanh(scores) if keep_raw else scores.tanh_()
-        grad = torch.mul(squashed, clip)
-        if log_norm is not None:
-            grad.sub_(log_norm)
-        grad.exp_().mul_(weight)
-        grad.addcmul_(grad, squashed.mul_(squashed), value=-1)  # × (1 − tanh²)
-    if penalty_coef is not None:
-        grad.addcmul_(scores, penalty_coef)
-    return grad
+        return scores.sub_(log_norm).exp_().mul_(weight)
+    squashed = scores.tanh_()
+    grad = torch.mul(squashed, clip)
+    if log_norm is not None:
+        grad.sub_(log_norm)
+    grad.exp_().mul_(weight)
+    return grad.addcmul_(grad, squashed.mul_(squashed), value=-1)  # × (1 − tanh²)
 
 
 def infonce_with_masks(

@@ -36,7 +36,7 @@ This module is pure: it knows nothing about encoders, files or training loops.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,12 @@ from mmssl.objectives.infonce import (
     Estimator,
     InfoNCEResult,
     infonce,
+    infonce_shared,
     masked_infonce,
 )
+
+Terms = Iterator[tuple[str, InfoNCEResult]]
+Specs = Iterator["TermSpec"]
 
 
 class ObjectiveError(ValueError):
@@ -128,7 +132,10 @@ class EstimatorSettings:
     ``estimator`` chooses how :func:`~mmssl.objectives.infonce.infonce` computes the same
     loss, penalty and gradients: ``lean`` (chunked, recomputing its backward: a fraction of
     the memory, and faster on CPU) or ``dense`` (the whole score tensor kept for backward: the
-    earlier implementation, kept selectable as the baseline).
+    earlier implementation, kept selectable as the baseline). ``share_candidates`` (lean only)
+    computes the terms that read the same candidates — CR, XX and CC all take a modality's
+    local map C_i — in one pass (:func:`~mmssl.objectives.infonce.infonce_shared`); the
+    results are those of the terms one by one, to float rounding.
     """
 
     critic: Critic = "scaled_dot"
@@ -139,6 +146,8 @@ class EstimatorSettings:
     gather: bool = False
     #: ``lean`` or ``dense`` (:data:`~mmssl.objectives.infonce.ESTIMATORS`)
     estimator: Estimator = "lean"
+    #: compute terms with the same candidates (and no presence mask) together (lean only)
+    share_candidates: bool = True
 
     def __post_init__(self) -> None:
         if self.critic not in CRITICS:
@@ -170,6 +179,47 @@ class EstimatorSettings:
         if valid is None:
             return self(anchors, candidates)
         return masked_infonce(anchors, candidates, valid, **self._estimator_settings())
+
+    def evaluate(self, specs: Sequence[TermSpec]) -> Terms:
+        """Every term of ``specs``, in order, as ``(name, result)``; skipped terms left out.
+
+        With ``share_candidates`` and the lean estimator, unmasked terms that read the same
+        candidates tensor with anchors of one shape are computed together
+        (:func:`~mmssl.objectives.infonce.infonce_shared`). The grouping depends only on which
+        tensors the terms read, never on their values, so under data-parallel training every
+        process makes the same collectives. Masked terms (``valid`` given) run one by one.
+        """
+        results: list[InfoNCEResult | None] = [None] * len(specs)
+        shared: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        for index, spec in enumerate(specs):
+            if spec.valid is None and self.share_candidates and self.estimator == "lean":
+                key = (id(spec.candidates), tuple(spec.anchors.shape))
+                shared.setdefault(key, []).append(index)
+            else:
+                results[index] = self.term(spec.anchors, spec.candidates, spec.valid)
+        for indices in shared.values():
+            if len(indices) == 1:
+                results[indices[0]] = self(specs[indices[0]].anchors,
+                                           specs[indices[0]].candidates)
+                continue
+            together = infonce_shared([specs[i].anchors for i in indices],
+                                      specs[indices[0]].candidates,
+                                      **self._estimator_settings())
+            for i, result in zip(indices, together, strict=True):
+                results[i] = result
+        for spec, maybe in zip(specs, results, strict=True):
+            yield from _kept(spec.name, maybe)
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One InfoNCE term to compute: its name, anchors (B, C, L_y), candidates (B, C, L_x) and
+    the samples it may use (``valid``, (B,) bool; ``None``: all)."""
+
+    name: str
+    anchors: Tensor
+    candidates: Tensor
+    valid: Tensor | None = None
 
 
 @dataclass
@@ -270,13 +320,14 @@ def taxonomy_loss(
     total = next(iter(global_.values())).new_zeros(())
     terms: dict[str, Tensor] = {}
     features = Features(local=local, global_=global_, generator=generator, present=masks)
-    for mode in objective.modes:
-        weight = mode_weights[mode]
-        for name, result in MODES[mode].terms(features, estimator):
-            terms[name] = result.loss
-            terms[f"{name}/penalty"] = result.penalty
-            penalty_weight = weight if weight_penalty else 1.0
-            total = total + weight * result.loss + penalty_weight * result.penalty
+    specs = [(mode, spec) for mode in objective.modes for spec in MODES[mode].terms(features)]
+    mode_of = {spec.name: mode for mode, spec in specs}
+    for name, result in estimator.evaluate([spec for _, spec in specs]):
+        weight = mode_weights[mode_of[name]]
+        terms[name] = result.loss
+        terms[f"{name}/penalty"] = result.penalty
+        penalty_weight = weight if weight_penalty else 1.0
+        total = total + weight * result.loss + penalty_weight * result.penalty
     return TaxonomyLoss(total=total, terms=terms)
 
 
@@ -334,9 +385,6 @@ class Features:
         return out
 
 
-Terms = Iterator[tuple[str, InfoNCEResult]]
-
-
 def _anchor(vector: Tensor) -> Tensor:
     return vector.unsqueeze(-1)
 
@@ -347,24 +395,24 @@ def _kept(name: str, result: InfoNCEResult | None) -> Terms:
         yield name, result
 
 
-def cr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+def cr_terms(features: Features) -> Specs:
     """CR: :math:`I(R_i; C_i)` for every modality i and tapped layer (``CR/layer/i``), on the
     samples that have modality i."""
     for modality in features.modalities:
         valid = features.valid(modality)
         for layer, local in features.local.get(modality, {}).items():
-            yield from _kept(f"CR/{layer}/{modality}", estimator.term(
-                _anchor(features.global_[modality]), local, valid))
+            yield TermSpec(f"CR/{layer}/{modality}", _anchor(features.global_[modality]),
+                           local, valid)
 
 
-def xx_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+def xx_terms(features: Features) -> Specs:
     """XX: :math:`I(R_i; C_j)` for every i ≠ j and layer of j (``XX/layer/i:j``), on the
     samples that have both."""
     for anchor, other in features.pairs():
         valid = features.valid(anchor, other)
         for layer, local in features.local.get(other, {}).items():
-            yield from _kept(f"XX/{layer}/{anchor}:{other}", estimator.term(
-                _anchor(features.global_[anchor]), local, valid))
+            yield TermSpec(f"XX/{layer}/{anchor}:{other}", _anchor(features.global_[anchor]),
+                           local, valid)
 
 
 def _draw_anchors(local: Tensor, valid: Tensor | None,
@@ -378,7 +426,7 @@ def _draw_anchors(local: Tensor, valid: Tensor | None,
     return local.new_zeros(local.shape[0], local.shape[1], 1).index_put((valid,), drawn)
 
 
-def cc_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+def cc_terms(features: Features) -> Specs:
     """CC: :math:`I(C_i[\\ell]; C_j)`, ℓ one random location per sample, layers tapped in both,
     on the samples that have both."""
     for anchor, other in features.pairs():
@@ -392,28 +440,27 @@ def cc_terms(features: Features, estimator: EstimatorSettings) -> Terms:
         valid = features.valid(anchor, other)
         for layer in shared:
             anchors = _draw_anchors(mine[layer], valid, features.generator)
-            yield from _kept(f"CC/{layer}/{anchor}:{other}",
-                             estimator.term(anchors, theirs[layer], valid))
+            yield TermSpec(f"CC/{layer}/{anchor}:{other}", anchors, theirs[layer], valid)
 
 
-def rr_terms(features: Features, estimator: EstimatorSettings) -> Terms:
+def rr_terms(features: Features) -> Specs:
     """RR: :math:`I(R_j; R_i)` for every i ≠ j (``RR/j:i``: anchors from j), on the samples
     that have both."""
     for candidates, anchor in features.pairs():
-        yield from _kept(f"RR/{anchor}:{candidates}", estimator.term(
-            _anchor(features.global_[anchor]), _anchor(features.global_[candidates]),
-            features.valid(anchor, candidates)))
+        yield TermSpec(f"RR/{anchor}:{candidates}", _anchor(features.global_[anchor]),
+                       _anchor(features.global_[candidates]), features.valid(anchor, candidates))
 
 
 @dataclass(frozen=True)
 class Mode:
-    """One row of the taxonomy: its name, scope, what it reads, and its terms."""
+    """One row of the taxonomy: its name, scope, what it reads, and its terms (what each
+    InfoNCE term reads; :meth:`EstimatorSettings.evaluate` computes them)."""
 
     name: str
     cross_modal: bool
     needs_local: bool
     description: str
-    terms: Callable[[Features, EstimatorSettings], Terms]
+    terms: Callable[[Features], Specs]
 
 
 #: The taxonomy, in canonical order. Adding a mode is one entry here (and one test).
