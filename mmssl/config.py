@@ -105,7 +105,10 @@ class TrainerSettings:
     at the run's batch shape on its device pick the faster, cached per machine so the runs of
     a sweep agree; the choice is recorded in ``pretrain.json`` and a resumed run keeps it.
     ``compile: true`` compiles the encoders and heads in place (``nn.Module.compile``; the
-    checkpoints stay loadable without it) and records the compile time.
+    checkpoints stay loadable without it) and records the compile time. ``cpu_allocator:
+    retain`` (default) lets the training process keep freed CPU memory instead of faulting it
+    in again every step (glibc ``mallopt``; :mod:`mmssl.runs.allocator`), ``system`` leaves
+    the C library's defaults; results are identical either way.
     """
 
     epochs: int = 50
@@ -121,6 +124,7 @@ class TrainerSettings:
     sync_batchnorm: bool = False
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     compile: bool = False
+    cpu_allocator: Literal["retain", "system"] = "retain"
 
     def validate(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be ≥ 1; got {self.epochs}")

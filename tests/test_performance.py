@@ -42,6 +42,7 @@ from mmssl.runs.training import pretrain
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("trainer.memory_format", "nhwc", "auto, channels_last, contiguous"),
     ("trainer.compile", "yes", "true or false"),
+    ("trainer.cpu_allocator", "jemalloc", "retain, system"),
     ("data.num_workers", "many", "auto"),
     ("data.pin_memory", "sometimes", "auto"),
 ])
@@ -57,6 +58,7 @@ def test_performance_defaults():
     config = cfg.from_dict({})
     assert config.trainer.memory_format == "auto"
     assert config.trainer.compile is False
+    assert config.trainer.cpu_allocator == "retain"
     for value in ("auto", "channels_last", "contiguous"):
         assert cfg.from_dict({"trainer": {"memory_format": value}}).trainer.memory_format == value
 
@@ -355,6 +357,8 @@ def test_configured_contiguous_run_records_it(tiny_mnist_dir, tmp_path, monkeypa
             record["memory_format"]["source"]) == ("contiguous", "configured")
     assert record["loader"]["source"] == "configured"
     assert seen.layouts == {"contiguous"}
+    assert record["cpu_allocator"]["cpu_allocator"] == "retain"
+    assert record["cpu_allocator"]["applied"] is True  # glibc, here and in CI
 
 
 # ---------------------------------------------------------------------------- compile

@@ -42,6 +42,7 @@ from mmssl import config as cfg
 from mmssl import io
 from mmssl.config import RunConfig
 from mmssl.errors import CheckpointError, RunDirError, RunInterrupted, TrainingDiverged
+from mmssl.runs.allocator import apply_cpu_allocator
 from mmssl.runs.build import build_datamodule, build_method, preflight
 from mmssl.runs.checkpoints import AtomicCheckpointIO, fit_progress, read_checkpoint
 from mmssl.runs.performance import MemoryFormatDecision, RunPerformance
@@ -282,6 +283,7 @@ def pretrain(
         if run.pretrained():
             log.info("pretraining of %s already finished; skipping", run.root)
             return run.checkpoint(config.trainer.checkpoint)
+        allocator = apply_cpu_allocator(config.trainer.cpu_allocator)
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config, skipped_rows=run.skipped_rows)
         if hasattr(datamodule, "splits_table"):
@@ -340,6 +342,7 @@ def pretrain(
             "device": str(trainer.strategy.root_device),
             "processes": trainer.world_size,
             **performance.record(),
+            "cpu_allocator": allocator.as_dict(),
         })
         return run.checkpoint(config.trainer.checkpoint)
 
