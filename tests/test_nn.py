@@ -67,3 +67,21 @@ def test_local_head_shortcut_is_near_identity_when_widening():
     head = LocalHead(32, 64)
     weight = head.shortcut.weight.view(64, 32)
     assert torch.allclose(weight[:32], torch.eye(32), atol=0.011)
+
+
+def test_in_place_activations_never_touch_a_tapped_conv_output():
+    """Activations run in place to save memory, except on a tapped block-0 conv output: the
+    local features stay the raw conv output (negative values included) in every case."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 1, 32, 32)
+    for taps in (("block0",), ("block1",), ("block0", "block1")):
+        encoder = DCGANEncoder(taps=taps).train()
+        out = encoder(x)
+        for tap in taps:
+            index = int(tap.removeprefix("block"))
+            h = x
+            for conv, post in zip(encoder.convs[:index], encoder.post[:index], strict=True):
+                h = post(conv(h))
+            expected = encoder.convs[index](h)
+            torch.testing.assert_close(out.local[tap], expected)
+            assert (out.local[tap] < 0).any()

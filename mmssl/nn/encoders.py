@@ -103,7 +103,9 @@ class DCGANEncoder(nn.Module):
             channels_out = width * 2**index
             self.convs.append(conv(channels_in, channels_out, 4, stride=2, padding=1, bias=False))
             layers: list[nn.Module] = [] if index == 0 else [norm(channels_out)]
-            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+            # In place (one activation-sized buffer fewer per block) except where the input is a
+            # tapped conv output, which the local features must keep unchanged.
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=index > 0 or "block0" not in taps))
             self.post.append(nn.Sequential(*layers))
             self.channels[f"block{index}"] = channels_out
             self.sides[f"block{index}"] = input_size // 2 ** (index + 1)

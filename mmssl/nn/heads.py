@@ -30,7 +30,7 @@ class LocalHead(nn.Module):
         self.main = nn.Sequential(
             conv(in_channels, hidden, 1, bias=False),
             norm(hidden),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # after BatchNorm: its own buffer
             conv(hidden, out_dim, 1, bias=False),
         )
         self.shortcut = conv(in_channels, out_dim, 1, bias=False)
@@ -58,7 +58,7 @@ class GlobalHead(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden, bias=False),
             nn.BatchNorm1d(hidden),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # after BatchNorm: its own buffer
             nn.Linear(hidden, out_dim, bias=False),
         )
         gain = nn.init.calculate_gain("relu")
