@@ -5,6 +5,8 @@ Every benchmark module takes these from here and none repeats them:
 * **timing** — :func:`time_interleaved` times several candidates in the same rounds (warm-up
   rounds first, CUDA synchronised around every call, the garbage collector paused) and
   summarises each as a :class:`Timing` (median, minimum, interquartile range);
+  :func:`time_interleaved_in_processes` does the same with each candidate in its own process,
+  for candidates that differ in process-wide state (the allocator's settings);
 * **machine** — :func:`machine_description` (CPU model, logical cores, torch threads, torch
   version, device name, 1-minute load average) and :func:`busy_machine_warning`;
 * **memory** — :func:`cuda_peak_bytes` (allocator peak), :func:`profiler_peak_bytes` (peak of
@@ -34,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.console import Console
@@ -44,6 +46,7 @@ from mmssl import io
 from mmssl.analysis.tables import Table
 
 __all__ = [
+    "Candidate",
     "Rounds",
     "RunOptions",
     "Timing",
@@ -71,6 +74,7 @@ __all__ = [
     "run_options",
     "synchronize",
     "time_interleaved",
+    "time_interleaved_in_processes",
     "torch_threads",
     "write_results",
 ]
@@ -182,6 +186,138 @@ def time_interleaved(
         if was_enabled:
             gc.enable()
     return {name: Timing.of(values) for name, values in samples.items()}
+
+
+#: Pause before each block of a process-separated candidate: the OpenMP threads of the process
+#: that ran last keep spinning for a while after their work and would take cores from the next.
+SETTLE_SECONDS = 0.1
+#: Calls per block of a process-separated candidate; the first of each block is not counted.
+BLOCK_CALLS = 4
+
+
+class Candidate(Protocol):
+    """What a process-separated candidate's factory returns: called once per timed call;
+    ``info`` (plain values) goes back to the parent once, when the candidate is ready."""
+
+    info: Mapping[str, Any]
+
+    def __call__(self) -> object:
+        ...
+
+
+def _candidate_process(factory: Callable[[], Candidate], threads: int | None,
+                       device: str | None, connection: Any) -> None:
+    """Body of one candidate's process: build it, report ``info``, then for each message
+    ``("run", n, timed)`` call it n times and answer with the seconds of each call; any failure
+    is sent back as text."""
+    import traceback
+
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        candidate = factory()
+        where = torch.device(device) if device is not None else None
+        connection.send(("ready", dict(candidate.info)))
+        while True:
+            message = connection.recv()
+            if message == "stop":
+                break
+            _, calls, timed = message
+            gc.disable() if timed else gc.enable()
+            time.sleep(SETTLE_SECONDS)
+            seconds = []
+            for _ in range(calls):
+                synchronize(where)
+                start = time.perf_counter()
+                candidate()
+                synchronize(where)
+                seconds.append(time.perf_counter() - start)
+            connection.send(("done", seconds))
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises
+        connection.send(("error", traceback.format_exc()))
+    finally:
+        connection.close()
+
+
+def time_interleaved_in_processes(
+    factories: Mapping[str, Callable[[], Candidate]],
+    *,
+    warmup: int,
+    repeats: int,
+    threads: int | None = None,
+    device: torch.device | None = None,
+    block: int = BLOCK_CALLS,
+) -> tuple[dict[str, Timing], dict[str, dict[str, Any]]]:
+    """:func:`time_interleaved` with each candidate in a process of its own.
+
+    For candidates that differ in process-wide state — the C library's allocator settings
+    (``trainer.cpu_allocator``), environment variables read once — which two candidates in one
+    process would share. Each factory (picklable: a module-level function, or a
+    :func:`functools.partial` of one) runs in a fresh ``spawn`` process and returns the
+    candidate; the parent then runs rounds, the candidates in the mapping's order, one process
+    computing at a time. A round gives each candidate a *block* of ``block`` consecutive calls
+    after a short pause; the first call of a block is not counted (it pays for the switch of
+    processes: caches and pages the other process displaced), so ``repeats`` timed rounds give
+    ``repeats × (block − 1)`` durations per candidate. ``warmup`` untimed rounds come first.
+    Calls are timed inside their process (device synchronised around each, garbage collector
+    paused in timed rounds), so start-up and messaging are not counted.
+
+    Returns:
+        name → :class:`Timing`, and name → the ``info`` its candidate reported.
+
+    Raises:
+        RuntimeError: a candidate failed (its traceback in the message) or its process died.
+    """
+    import multiprocessing
+
+    if repeats < 1 or warmup < 0 or block < 2:
+        raise ValueError(f"need repeats ≥ 1, warmup ≥ 0 and block ≥ 2; got {repeats}, "
+                         f"{warmup} and {block}")
+    if not factories:
+        raise ValueError("time_interleaved_in_processes needs at least one candidate")
+    context = multiprocessing.get_context("spawn")
+    connections: dict[str, Any] = {}
+    processes = []
+    infos: dict[str, dict[str, Any]] = {}
+
+    def answer(name: str) -> Any:
+        try:
+            kind, value = connections[name].recv()
+        except EOFError:
+            raise RuntimeError(f"candidate {name!r}: its process exited without answering "
+                               "(killed, or out of memory?)") from None
+        if kind == "error":
+            raise RuntimeError(f"candidate {name!r} failed in its process:\n{value}")
+        return value
+
+    samples: dict[str, list[float]] = {name: [] for name in factories}
+    try:
+        for name, factory in factories.items():
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_candidate_process, daemon=True,
+                args=(factory, threads, None if device is None else str(device), child))
+            process.start()
+            child.close()
+            connections[name] = parent
+            processes.append(process)
+            infos[name] = answer(name)  # built one after another: no overlap in set-up either
+        for round_index in range(warmup + repeats):
+            timed = round_index >= warmup
+            for name in factories:
+                connections[name].send(("run", block, timed))
+                seconds = answer(name)
+                if timed:
+                    samples[name].extend(seconds[1:])
+    finally:
+        for connection in connections.values():
+            with contextlib.suppress(OSError):
+                connection.send("stop")
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return {name: Timing.of(values) for name, values in samples.items()}, infos
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from benchmarks.neuro_preprocessing import measure_preprocessing, preprocessing_
 from benchmarks.neuro_training import TRAIN_OBJECTIVES, TrainRow, measure_training, training_table
 from mmssl import io
 from mmssl.data.neuro.simulate import SimulationSettings, simulate_cohort
+from mmssl.runs.allocator import ALLOCATOR_CHOICES
 
 __all__ = ["ROUNDS", "build_parser", "main", "run", "write_figure"]
 
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the training steps run, compared in the same rounds: fp32 "
                         "(default), fp32-cl (channels-last-3d), bf16 (bfloat16 autocast), "
                         "bf16-cl (both)")
+    parser.add_argument("--cpu-allocator", choices=ALLOCATOR_CHOICES, default="retain",
+                        help="trainer.cpu_allocator of the training part (default retain, as "
+                        "mmssl train; system: glibc's defaults — run the benchmark once with "
+                        "each for a before/after, the setting is process-wide)")
     return parser
 
 
@@ -204,6 +209,7 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
         "warmup": warmup,
         "quick": quick,
         "memory_method": MEMORY_METHODS[device.type],
+        "cpu_allocator": args.cpu_allocator,
     }
     # Preprocessing always runs on the CPU, so the load warning applies whatever the device.
     harness.print_header(
@@ -234,7 +240,8 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
             cohorts, grid_of, sizes, load_batch_sizes, device, warmup=warmup, repeats=repeats)
         all_train_rows = measure_training(manifest, cohorts, grid_of, sizes, batch_sizes,
                                           device, warmup=warmup, repeats=repeats,
-                                          variants=args.variants)
+                                          variants=args.variants,
+                                          cpu_allocator=args.cpu_allocator)
         # the loading part and the figure compare with the first variant's steps
         train_rows = [r for r in all_train_rows if r.variant == args.variants[0]]
         memory_label = "allocator" if device.type == "cuda" else "profiler"

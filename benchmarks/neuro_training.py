@@ -37,6 +37,7 @@ from mmssl.data.neuro import Cohort, CohortDataset, NeuroSettings
 from mmssl.data.registry import dataset_spec
 from mmssl.methods import METHODS, MultimodalMethod
 from mmssl.nn import default_local_tap
+from mmssl.runs.allocator import apply_cpu_allocator
 from mmssl.runs.performance import apply_memory_format
 
 __all__ = ["TRAIN_OBJECTIVES", "VARIANTS", "TrainRow", "build_model", "measure_training",
@@ -104,14 +105,17 @@ def build_model(manifest: Path, size: int, objective: str, device: torch.device
 def measure_training(
     manifest: Path, cohorts: Mapping[int, Cohort], grids: Mapping[int, GridSpec],
     sizes: Sequence[int], batch_sizes: Sequence[int], device: torch.device, *, warmup: int,
-    repeats: int, variants: Sequence[str] = ("fp32",),
+    repeats: int, variants: Sequence[str] = ("fp32",), cpu_allocator: str = "retain",
 ) -> list[TrainRow]:
     """Time every (size, batch, objective, variant) step in the same interleaved rounds; FLOPs,
     memory.
 
     One model per (size, objective, variant), shared by its batch sizes; the inputs are
-    augmented batches of the cohort preprocessed at that size, in the variant's layout.
+    augmented batches of the cohort preprocessed at that size, in the variant's layout. The
+    process's allocator is set as ``mmssl train`` sets it for ``trainer.cpu_allocator``
+    (``retain`` by default; ``system``: glibc's defaults, for a before/after in a fresh process).
     """
+    apply_cpu_allocator(cpu_allocator)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")

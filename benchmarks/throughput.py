@@ -14,10 +14,14 @@ in the same run:
 3. **Per method** (:mod:`benchmarks.throughput_methods`): a full training step of every
    registered method built from the default configuration, as ``mmssl train`` does.
 4. **Today vs new** (:mod:`benchmarks.throughput_speedup`): for CR, RR and CR-XX-CC-RR, the
-   step of the earlier defaults (dense estimator, contiguous, eager) against the new one (lean
-   estimator, the memory format a run would choose), interleaved, with pairs/s and their
-   ratio; and the dense vs lean estimator's memory at ``--speedup-est-batch`` ×
-   ``--speedup-est-locations`` (64 × 512).
+   step of the earlier defaults (dense estimator, contiguous, eager, per-parameter RAdam,
+   glibc's allocator defaults) against the new one (lean estimator with shared candidates, the
+   memory format a run would choose, multi-tensor RAdam, ``cpu_allocator: retain``), each in
+   its own process, interleaved, with pairs/s and their ratio; and the dense vs lean
+   estimator's memory at ``--speedup-est-batch`` × ``--speedup-est-locations`` (64 × 512).
+5. **Compilation** (``--compile-objectives``, CR-XX-CC-RR unless ``--quick``): the new step
+   eager against ``trainer.compile: true`` — compile time, steady-state ms of each, and the
+   number of steps it takes to earn the compile time back.
 
 Every timing is the median over ``--repeats`` rounds after ``--warmup`` rounds; the quantities
 compared with each other are measured in interleaved rounds (:mod:`benchmarks.harness`), so
@@ -60,9 +64,12 @@ from benchmarks.throughput_objectives import (
 from benchmarks.throughput_speedup import (
     MEMORY_FORMAT_CHOICES,
     SPEEDUP_OBJECTIVES,
+    CompileRow,
     EstimatorMemoryRow,
     SpeedupRow,
+    compile_table,
     estimator_memory,
+    measure_compile,
     measure_speedup,
     memory_table,
     speedup_table,
@@ -88,7 +95,9 @@ FOOTER = (
     "pairs/s (> 1: the new step is faster), both steps timed in the same rounds from the same "
     "weights; how = how the new memory format was chosen (configured, measured, cached). "
     "Estimator memory: peak = allocator peak of forward+backward (CUDA allocator, or the CPU "
-    "profiler's memory events), saved = bytes the graph keeps for backward. All times are "
+    "profiler's memory events), saved = bytes the graph keeps for backward. Compilation: "
+    "compile s = first compiled step − first eager step; break-even steps = compile s / (eager "
+    "− compiled per step), 'never' when compiling does not make the step faster. All times are "
     "medians of interleaved rounds; IQR% = interquartile range / median (noise)."
 )
 
@@ -157,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "trainer.memory_format: auto chooses it, cache included)")
     parser.add_argument("--speedup-batch-size", type=int, default=64,
                         help="training batch size of part 4 (default: 64)")
+    parser.add_argument("--compile-objectives", type=objective_list, default=None,
+                        help="objectives of part 5 (default CR-XX-CC-RR; none with --quick "
+                             "unless given)")
+    parser.add_argument("--skip-compile", action="store_true", help="skip part 5")
     parser.add_argument("--speedup-est-batch", type=int, default=64,
                         help="B of part 4's estimator memory (default: 64)")
     parser.add_argument("--speedup-est-locations", type=int, default=512,
@@ -258,12 +271,24 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
         print_table(console, memory_table(memory_rows, "peak"))
         console.print(f"Estimator memory: peak = {peak}; saved = autograd-saved bytes.")
 
+    compile_rows: list[CompileRow] = []
+    compile_objectives = args.compile_objectives or ([] if args.quick else ["CR-XX-CC-RR"])
+    if not args.skip_compile and compile_objectives:
+        for name in compile_objectives:
+            compile_rows.append(measure_compile(name, args.speedup_batch_size, device,
+                                                warmup=warmup, repeats=repeats))
+        print_table(console, compile_table(compile_rows))
+        for row in compile_rows:
+            if not row.available:
+                console.print(f"[yellow]note[/yellow]: torch.compile unavailable: {row.detail}")
+
     return harness.finish_run(console, meta, {
         "objectives": [asdict(r) for r in objective_rows],
         "estimator": [asdict(r) for r in estimator_rows],
         "methods": [asdict(r) for r in method_rows],
         "speedup": [asdict(r) for r in speedup_rows],
         "estimator_memory": [asdict(r) for r in memory_rows],
+        "compile": [asdict(r) for r in compile_rows],
     }, FOOTER, args.json)
 
 

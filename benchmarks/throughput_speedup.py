@@ -1,24 +1,36 @@
 """Part 4 of :mod:`benchmarks.throughput`: today's training step against the new one.
 
-* **today**: ``objective.estimator: dense`` (the whole score tensor kept for backward),
-  ``trainer.memory_format: contiguous``, eager;
-* **new**: ``objective.estimator: lean`` and the memory format a run would train in
-  (``--speedup-memory-format``; ``auto`` asks :func:`mmssl.runs.performance.decide_memory_format`
-  exactly as ``mmssl train`` does — the per-machine cache, else a short measurement).
+* **today**: ``objective.estimator: dense`` (the whole score tensor kept for backward, one
+  term at a time), ``trainer.memory_format: contiguous``, eager, RAdam's per-parameter loop
+  (PyTorch's default on the CPU);
+* **new**: ``objective.estimator: lean`` with the terms that share candidates computed together
+  (:func:`mmssl.objectives.infonce.infonce_shared`), RAdam's multi-tensor update (as
+  :func:`mmssl.methods.base.make_optimizer` builds it) and the memory format a run would train
+  in (``--speedup-memory-format``; ``auto`` asks
+  :func:`mmssl.runs.performance.decide_memory_format` exactly as ``mmssl train`` does — the
+  per-machine cache, else a short measurement).
 
 Both models start from the same weights and train on the same batches (the new one's inputs in
-its layout), their full training steps timed in the same interleaved rounds
-(:func:`~benchmarks.harness.time_interleaved`); the first step's losses are compared (the same
-computation up to float rounding). Then the memory of the InfoNCE estimator alone, dense vs
-lean, on CR-like shapes (anchors (B, 64, 1), candidates (B, 64, L); L = 512 is an 8³ map):
-forward+backward allocator peak (CUDA allocator, or the CPU profiler's memory events) and
-the bytes the graph saves for backward (:func:`benchmarks.throughput_estimator.measure_memory`).
+its layout), each in a process of its own — the allocator setting is process-wide — and their
+full training steps are timed in the same interleaved rounds
+(:func:`~benchmarks.harness.time_interleaved_in_processes`); the first step's losses are
+compared (the same computation up to float rounding). Then the memory of the InfoNCE
+estimator alone, dense vs lean, on CR-like shapes (anchors (B, 64, 1), candidates (B, 64, L);
+L = 512 is an 8³ map): forward+backward allocator peak (CUDA allocator, or the CPU profiler's
+memory events) and the bytes the graph saves for backward
+(:func:`benchmarks.throughput_estimator.measure_memory`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +40,7 @@ from benchmarks.harness import (
     format_bytes,
     peak_memory_bytes,
     time_interleaved,
+    time_interleaved_in_processes,
 )
 from benchmarks.throughput_estimator import HEAD_DIM, forward_backward
 from benchmarks.throughput_objectives import BATCH_POOL, PAPER_DATASET, PAPER_TAP, paper_inputs
@@ -35,13 +48,21 @@ from benchmarks.workloads import TrainingStep, radam, random_batches
 from mmssl.analysis.tables import Table
 from mmssl.data.base import to_memory_format
 from mmssl.data.registry import dataset_spec
+from mmssl.errors import ConfigError
 from mmssl.methods import TaxonomyMethod
 from mmssl.objectives.infonce import InfoNCEResult, infonce
 from mmssl.objectives.taxonomy import Objective
-from mmssl.runs.performance import apply_memory_format, decide_memory_format
+from mmssl.runs.allocator import apply_cpu_allocator
+from mmssl.runs.performance import (
+    apply_memory_format,
+    check_compile,
+    compile_in_place,
+    decide_memory_format,
+)
 
-__all__ = ["MEMORY_FORMAT_CHOICES", "SPEEDUP_OBJECTIVES", "EstimatorMemoryRow", "SpeedupRow",
-           "estimator_memory", "measure_speedup", "memory_table", "speedup_table"]
+__all__ = ["MEMORY_FORMAT_CHOICES", "SPEEDUP_OBJECTIVES", "CompileRow", "EstimatorMemoryRow",
+           "SpeedupRow", "build_step", "compile_table", "estimator_memory", "measure_compile",
+           "measure_speedup", "memory_table", "speedup_table"]
 
 #: The objectives of part 4 (the cheapest, the global-only and the full taxonomy).
 SPEEDUP_OBJECTIVES: tuple[str, ...] = ("CR", "RR", "CR-XX-CC-RR")
@@ -96,39 +117,68 @@ def _formatted(batches: Sequence[Mapping[str, Tensor]], memory_format: str
             for batch in batches]
 
 
+@dataclass
+class _StepCandidate:
+    """A training step of one variant, built in its own process (see :func:`build_step`)."""
+
+    step: TrainingStep
+    info: dict[str, Any]
+
+    def __call__(self) -> object:
+        return self.step()
+
+
+def build_step(variant: str, objective: str, batch_size: int, device: str,
+               memory_format: str) -> _StepCandidate:
+    """Today's or the new training step of the paper-default model, as its process runs it.
+
+    ``today``: dense estimator, contiguous, RAdam's per-parameter loop, the C library's
+    allocator defaults. ``new``: ``trainer.cpu_allocator: retain`` applied first (as ``mmssl
+    train`` does), the lean estimator with shared candidates, RAdam's multi-tensor update and
+    ``memory_format`` resolved as a run resolves it. Both start from the weights of seed 0 and
+    train on the same batches; ``info`` holds the first step's loss (generator seeded 7, no
+    update) and the memory-format decision.
+    """
+    where = torch.device(device)
+    new = variant == "new"
+    allocator = apply_cpu_allocator("retain" if new else "system")
+    torch.manual_seed(0)
+    method = _method(objective, "lean" if new else "dense", where)
+    choice, source = "contiguous", "configured"
+    if new:
+        decision = decide_memory_format(memory_format, method, batch_size, where)
+        apply_memory_format(method, decision.choice)
+        choice, source = decision.choice, decision.source
+    batches = _formatted(random_batches(
+        paper_inputs(), batch_size, BATCH_POOL, where,
+        num_classes=dataset_spec(PAPER_DATASET).num_classes or 1), choice)
+    with torch.no_grad():
+        first, _ = method.compute_loss(batches[0], torch.Generator().manual_seed(7))
+    step = TrainingStep(method, radam(method, method.optim_settings, foreach=new), batches)
+    return _StepCandidate(step, {"first_loss": float(first), "memory_format": choice,
+                                 "memory_format_source": source,
+                                 "allocator": allocator.detail})
+
+
 def measure_speedup(
     objective: str, batch_size: int, device: torch.device, *, memory_format: str = "auto",
     warmup: int, repeats: int,
 ) -> SpeedupRow:
-    """Today's (dense, contiguous, eager) against the new (lean, ``memory_format``) training
-    step of the paper-default model for ``objective``: interleaved rounds, same weights and
-    batches; ``auto`` resolves the layout as a training run would."""
-    torch.manual_seed(0)
-    today = _method(objective, "dense", device)
-    new = _method(objective, "lean", device)
-    new.load_state_dict(today.state_dict())
-    decision = decide_memory_format(memory_format, new, batch_size, device)
-    apply_memory_format(new, decision.choice)
-
-    batches = random_batches(paper_inputs(), batch_size, BATCH_POOL, device,
-                             num_classes=dataset_spec(PAPER_DATASET).num_classes or 1)
-    new_batches = _formatted(batches, decision.choice)
-    with torch.no_grad():
-        first_today, _ = today.compute_loss(batches[0], torch.Generator().manual_seed(7))
-        first_new, _ = new.compute_loss(new_batches[0], torch.Generator().manual_seed(7))
-    loss_diff = float((first_today - first_new).abs())
-
-    timings = time_interleaved(
-        {"today": TrainingStep(today, radam(today, today.optim_settings), batches),
-         "new": TrainingStep(new, radam(new, new.optim_settings), new_batches)},
-        device, warmup=warmup, repeats=repeats,
-    )
+    """Today's against the new training step of the paper-default model for ``objective``
+    (:func:`build_step`), each in its own process (the allocator setting is process-wide),
+    timed in interleaved rounds (:func:`~benchmarks.harness.time_interleaved_in_processes`)
+    with this process's thread count; ``auto`` resolves the layout as a training run would."""
+    settings = (objective, batch_size, str(device), memory_format)
+    timings, infos = time_interleaved_in_processes(
+        {"today": functools.partial(build_step, "today", *settings),
+         "new": functools.partial(build_step, "new", *settings)},
+        warmup=warmup, repeats=repeats, threads=torch.get_num_threads(), device=device)
     old_t, new_t = timings["today"], timings["new"]
     return SpeedupRow(
         objective=Objective.parse(objective).name,
         batch_size=batch_size,
-        memory_format=decision.choice,
-        memory_format_source=decision.source,
+        memory_format=infos["new"]["memory_format"],
+        memory_format_source=infos["new"]["memory_format_source"],
         today_pairs_per_s=old_t.rate(batch_size),
         new_pairs_per_s=new_t.rate(batch_size),
         today_ms=old_t.median_ms,
@@ -136,7 +186,7 @@ def measure_speedup(
         today_iqr_percent=old_t.iqr_percent,
         new_iqr_percent=new_t.iqr_percent,
         ratio=old_t.median_ms / new_t.median_ms,
-        loss_abs_diff=loss_diff,
+        loss_abs_diff=abs(infos["today"]["first_loss"] - infos["new"]["first_loss"]),
     )
 
 
@@ -175,11 +225,93 @@ def estimator_memory(batch: int, locations: int, device: torch.device, *,
     )
 
 
+@dataclass(frozen=True)
+class CompileRow:
+    """``trainer.compile`` on the new step: what compiling costs and what it gains."""
+
+    objective: str
+    batch_size: int
+    available: bool
+    detail: str  # why not, when torch.compile cannot run here
+    compile_seconds: float  # first compiled step − first eager step
+    eager_ms: float
+    compiled_ms: float
+    ratio: float  # eager ms / compiled ms (> 1: compiled is faster)
+    break_even_steps: float | None  # steps to earn the compile time back; None: never
+
+
+def measure_compile(objective: str, batch_size: int, device: torch.device, *,
+                    warmup: int, repeats: int) -> CompileRow:
+    """The new step eager against the same step with ``trainer.compile: true`` (the encoders
+    and heads compiled in place, :func:`mmssl.runs.performance.compile_in_place`), in this
+    process, interleaved. The compile time is the first compiled step's seconds minus the first
+    eager step's; the break-even is that time over the per-step gain."""
+    name = Objective.parse(objective).name
+    try:
+        check_compile(device)
+    except ConfigError as error:
+        return CompileRow(name, batch_size, False, str(error), float("nan"), float("nan"),
+                          float("nan"), float("nan"), None)
+    settings = (objective, batch_size, str(device), "contiguous")
+    eager, compiled = build_step("new", *settings), build_step("new", *settings)
+    start = time.perf_counter()
+    eager()
+    first_eager = time.perf_counter() - start
+    # A cold compile, as a user's first run pays it: inductor's on-disk caches in a fresh folder.
+    with tempfile.TemporaryDirectory(prefix="mmssl-inductor-") as folder, \
+            _environment(TORCHINDUCTOR_CACHE_DIR=folder):
+        start = time.perf_counter()
+        compile_in_place(compiled.step.model)  # type: ignore[arg-type]
+        compiled()
+        first_compiled = time.perf_counter() - start
+    timings = time_interleaved({"eager": eager, "compiled": compiled}, device, warmup=warmup,
+                               repeats=repeats)
+    eager_ms, compiled_ms = timings["eager"].median_ms, timings["compiled"].median_ms
+    compile_seconds = first_compiled - first_eager
+    gain_s = (eager_ms - compiled_ms) / 1000
+    return CompileRow(name, batch_size, True, "", compile_seconds, eager_ms, compiled_ms,
+                      eager_ms / compiled_ms, compile_seconds / gain_s if gain_s > 0 else None)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the block, restored after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def compile_table(rows: Sequence[CompileRow]) -> Table:
+    """Part 5's table: compile time against steady-state gain."""
+    def steps(row: CompileRow) -> str:
+        if not row.available:
+            return "—"
+        return "never" if row.break_even_steps is None else f"{row.break_even_steps:,.0f}"
+    return Table(
+        "trainer.compile on the new step: compile time against steady-state gain "
+        "(interleaved rounds, median)",
+        ["objective", "batch", "compile s", "eager ms", "compiled ms", "eager / compiled",
+         "break-even steps"],
+        [[r.objective, str(r.batch_size), f"{r.compile_seconds:.1f}" if r.available else
+          "unavailable", f"{r.eager_ms:.1f}", f"{r.compiled_ms:.1f}", f"{r.ratio:.2f}×",
+          steps(r)] for r in rows],
+    )
+
+
 def speedup_table(rows: Sequence[SpeedupRow]) -> Table:
     """Part 4's throughput table."""
     return Table(
-        "Today (dense estimator, contiguous, eager) vs new (lean estimator, chosen memory "
-        "format): full training steps, interleaved rounds, median",
+        "Today (dense estimator, contiguous, eager, per-parameter RAdam, glibc's allocator "
+        "defaults; own process) vs new (lean estimator with shared candidates, chosen memory "
+        "format, multi-tensor RAdam, cpu_allocator retain; own process): full training steps, "
+        "interleaved rounds, median",
         ["objective", "batch", "new format", "how", "today pairs/s", "new pairs/s", "ratio",
          "today IQR%", "new IQR%", "|Δ first loss|"],
         [[r.objective, str(r.batch_size), r.memory_format, r.memory_format_source,

@@ -31,11 +31,15 @@ class LossModel(Protocol):
         ...
 
 
-def radam(model: torch.nn.Module, optim: OptimSettings) -> torch.optim.Optimizer:
+def radam(model: torch.nn.Module, optim: OptimSettings, *, foreach: bool = True
+          ) -> torch.optim.Optimizer:
     """RAdam (the paper's optimizer) over the trainable parameters, at ``optim``'s learning rate
-    and weight decay; no scheduler (a benchmark has no epochs)."""
+    and weight decay; no scheduler (a benchmark has no epochs). ``foreach``: the multi-tensor
+    update training uses (:func:`mmssl.methods.base.make_optimizer`); ``False`` gives the
+    per-parameter loop, PyTorch's CPU default and mmssl's before."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.RAdam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.RAdam(params, lr=optim.lr, weight_decay=optim.weight_decay,
+                             foreach=foreach)
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

@@ -172,13 +172,13 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         "--threads", "1", "--repeats", "2", "--warmup", "1", "--est-batch-sizes", "4,8",
         "--est-locations", "16", "--methods", "ae,mmvae", "--mmvae-k", "2", "--json", str(out),
         "--speedup-memory-format", "channels_last", "--speedup-batch-size", "4",
-        "--speedup-est-batch", "4", "--speedup-est-locations", "16",
+        "--speedup-est-batch", "32", "--speedup-est-locations", "128",
     ])
     assert torch.get_num_threads() == threads  # --threads is restored for the other tests
     results = json.loads(out.read_text())
     assert results == json.loads(json.dumps(returned))
     assert set(results) == {"meta", "objectives", "estimator", "methods", "speedup",
-                            "estimator_memory", "notes"}
+                            "estimator_memory", "compile", "notes"}
     assert {"torch", "device", "threads", "batch_size", "repeats", "warmup",
             "memory_method"} <= set(results["meta"])
     assert results["meta"]["device"] == "cpu" and results["meta"]["batch_size"] == 4
@@ -219,9 +219,11 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         assert row["today_pairs_per_s"] > 0 and row["new_pairs_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["today_ms"] / row["new_ms"])
         assert row["loss_abs_diff"] < 1e-3
+    assert results["compile"] == []  # part 5 runs only when asked for in quick mode
     (memory,) = results["estimator_memory"]
-    assert (memory["batch"], memory["locations"]) == (4, 16)
-    # The dense estimator keeps its score tensors for backward; the lean one recomputes them.
+    assert (memory["batch"], memory["locations"]) == (32, 128)
+    # The dense estimator keeps its score tensors for backward; the lean one recomputes them
+    # (131k scores: above DIRECT_ELEMENTS, where lean would compute them directly too).
     assert memory["dense_saved_bytes"] > memory["lean_saved_bytes"] > 0
 
     methods = results["methods"]
@@ -468,3 +470,20 @@ def test_links_reference_finds_a_strong_planted_link_with_the_region_oracle(
     table = confounds([{"label": "AD", "age": "70", "sex": "F", "site": "S2"},
                        {"label": "CN", "age": "60.5", "sex": "M", "site": "S1"}])
     np.testing.assert_array_equal(table, [[1, 70, 1, 1], [0, 60.5, 0, 0]])
+
+
+def test_compile_part_reports_an_unavailable_compiler(monkeypatch):
+    """Where torch.compile cannot run, part 5 says so instead of failing the benchmark."""
+    from benchmarks import throughput_speedup
+    from mmssl.errors import ConfigError
+
+    def refuse(device):
+        raise ConfigError("trainer.compile: no C++ compiler")
+
+    monkeypatch.setattr(throughput_speedup, "check_compile", refuse)
+    row = throughput_speedup.measure_compile("CR-XX-CC-RR", 4, torch.device("cpu"),
+                                             warmup=0, repeats=1)
+    assert not row.available and "no C++ compiler" in row.detail
+    assert row.break_even_steps is None
+    table = throughput_speedup.compile_table([row])
+    assert table.rows[0][2] == "unavailable" and table.rows[0][-1] == "—"
