@@ -487,3 +487,20 @@ def test_compile_part_reports_an_unavailable_compiler(monkeypatch):
     assert row.break_even_steps is None
     table = throughput_speedup.compile_table([row])
     assert table.rows[0][2] == "unavailable" and table.rows[0][-1] == "—"
+
+
+def test_a_candidate_failing_in_its_process_names_itself_and_the_error():
+    """time_interleaved_in_processes: a factory that raises in its process stops the run with
+    the candidate's name and the child's traceback, and no process is left behind."""
+    import functools
+    import multiprocessing
+
+    from benchmarks.harness import time_interleaved_in_processes
+
+    with pytest.raises(RuntimeError, match=r"candidate 'broken' failed(.|\n)*ValueError"):
+        time_interleaved_in_processes({"broken": functools.partial(int, "not a number")},
+                                      warmup=0, repeats=1)
+    assert multiprocessing.active_children() == []
+    with pytest.raises(ValueError, match="block ≥ 2"):
+        time_interleaved_in_processes({"x": functools.partial(int, "1")}, warmup=0, repeats=1,
+                                      block=1)
