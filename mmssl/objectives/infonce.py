@@ -274,22 +274,9 @@ def infonce(
     Returns:
         :class:`InfoNCEResult` with the scalar loss and the scalar penalty (0 if w = 0).
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
-        )
-    _check_settings(clip, chunk_size)
-    if estimator == "dense":
-        return infonce_dense(anchors, candidates, critic=critic, clip=clip,
-                             penalty_weight=penalty_weight, temperature=temperature,
-                             gather=gather)
-    _common_checks(anchors, candidates)
-    offset = 0
-    if gather:
-        candidates, offset = gather_with_grad(candidates)
-    return _lean_infonce(anchors, candidates, offset, critic=critic, clip=clip,
-                         penalty_weight=penalty_weight, temperature=temperature,
-                         chunk_size=chunk_size)
+    return infonce_shared([anchors], candidates, critic=critic, clip=clip,
+                          penalty_weight=penalty_weight, temperature=temperature, gather=gather,
+                          estimator=estimator, chunk_size=chunk_size)[0]
 
 
 def infonce_dense(
