@@ -253,7 +253,8 @@ def infonce(
     sample are neither positives of each other's softmax nor negatives (as in the reference).
 
     Both estimators (module docstring) give the same loss, penalty and gradients; ``lean``
-    never holds more than a chunk of the score tensor, in forward or backward.
+    never holds more than a chunk of the score tensor, in forward or backward (a score tensor
+    of at most :data:`DIRECT_ELEMENTS` is computed directly, in one piece).
 
     Args:
         anchors: (B, C, L_y), typically L_y = 1 (a global vector or one sampled location).
