@@ -5,8 +5,11 @@
 #
 #   OUT=gpu-out bash benchmarks/gpu_check.sh
 #
-# 1. benchmarks.throughput part 4 on CUDA: today's step (dense estimator, contiguous, eager)
-#    against the new one (lean estimator, the memory format `auto` picks), same rounds;
+# 1. benchmarks.throughput part 4 on CUDA: today's step (dense estimator, contiguous, eager,
+#    per-parameter RAdam, glibc defaults) against the new one (lean estimator with shared
+#    candidates, the memory format `auto` picks, multi-tensor RAdam, cpu_allocator retain),
+#    each in its own process, same rounds (part 5, compilation, left out: it would take the
+#    lease's minutes);
 # 2. benchmarks.neuro on CUDA at 64³, batch 16/32/64: fp32, channels-last-3d, bf16 autocast
 #    and both, with volumes/s, peak memory and achieved FLOP/s, and the loader against training;
 # 3. the brain analyses at 64³ on a simulated 200-subject cohort (simulated on the CPU cores
@@ -57,7 +60,7 @@ SIM=$!
 QUICK=""; [ "${SMOKE:-0}" = 1 ] && QUICK="--quick"
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
 run 60 $PY -m benchmarks.throughput --device $DEVICE $QUICK --skip-objectives \
-    --skip-estimator --skip-methods --json "$OUT/speedup_$DEVICE.json"
+    --skip-estimator --skip-methods --skip-compile --json "$OUT/speedup_$DEVICE.json"
 run 90 $PY -m benchmarks.neuro --device $DEVICE --sizes $BENCH_SIZES \
     --batch-sizes $BENCH_BATCHES --load-batch-sizes $BENCH_BATCHES --subjects $BENCH_SUBJECTS \
     --repeats 5 --warmup 2 --split-files 1 --variants fp32,fp32-cl,bf16,bf16-cl --no-figure \
