@@ -413,6 +413,14 @@ def _weighted_total(results):
     return sum((g + 1) * r.loss + (g + 2) * r.penalty for g, r in enumerate(results))
 
 
+def _assert_same_gradients(shared, one_by_one, inputs):
+    """The weighted totals of both lists of results have the same gradients w.r.t. ``inputs``."""
+    got = torch.autograd.grad(_weighted_total(shared), inputs)
+    want = torch.autograd.grad(_weighted_total(one_by_one), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("batch,n_loc,chunk_size", [
     (8, 16, None),      # 3·8·8·16 scores: the direct path
     (32, 128, None),    # 3·32·32·128 = 393k > DIRECT_ELEMENTS: chunked (one chunk)
@@ -434,11 +442,7 @@ def test_shared_terms_equal_the_terms_one_by_one(batch, n_loc, chunk_size, criti
     for mine, theirs in zip(shared, one_by_one, strict=True):
         assert mine.loss.item() == pytest.approx(theirs.loss.item(), rel=1e-5, abs=1e-6)
         assert mine.penalty.item() == pytest.approx(theirs.penalty.item(), rel=1e-5, abs=1e-6)
-    inputs = [*sets, candidates]
-    got = torch.autograd.grad(_weighted_total(shared), inputs)
-    want = torch.autograd.grad(_weighted_total(one_by_one), inputs)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    _assert_same_gradients(shared, one_by_one, [*sets, candidates])
 
 
 def test_shared_terms_with_several_anchor_locations():
@@ -448,11 +452,7 @@ def test_shared_terms_with_several_anchor_locations():
     candidates = torch.randn(16, 4, 40, requires_grad=True)
     shared = infonce_shared(sets, candidates, chunk_size=4)
     one_by_one = [infonce_dense(a, candidates) for a in sets]
-    inputs = [*sets, candidates]
-    got = torch.autograd.grad(_weighted_total(shared), inputs)
-    want = torch.autograd.grad(_weighted_total(one_by_one), inputs)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    _assert_same_gradients(shared, one_by_one, [*sets, candidates])
 
 
 def test_direct_and_chunked_lean_paths_agree():

@@ -366,19 +366,6 @@ def infonce_shared(
                                 chunk_size=chunk_size)
 
 
-def _loss_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tensor:
-    r"""mean softplus(N_i − pos), N_i the log-sum-exp of P_ij over j ≠ offset + i.
-
-    ``positives`` holds :math:`\tilde s_{i,o+i,ab}`, B first, any layout of (a, b) after.
-    """
-    batch = positives.shape[0]
-    same_sample = torch.zeros_like(per_pair, dtype=torch.bool)
-    same_sample[:, offset:offset + batch] = torch.eye(batch, dtype=torch.bool,
-                                                      device=per_pair.device)
-    negatives = torch.logsumexp(per_pair.masked_fill(same_sample, float("-inf")), dim=1)
-    return F.softplus(negatives[:, None, None] - positives).mean()
-
-
 def masked_infonce(
     anchors: Tensor,
     candidates: Tensor,
@@ -488,7 +475,8 @@ def _dense_infonce(anchors: Tensor, candidates: Tensor, offset: int, *, critic: 
     positives = torch.diagonal(own, dim1=0, dim2=1).permute(2, 0, 1)  # (B, L_x, L_y)
     # Negatives: log-sum-exp over candidate sample j ≠ i and all location pairs.
     per_pair = torch.logsumexp(scores.flatten(2), dim=2)  # (B, B_all): anchor i, candidate j
-    return InfoNCEResult(loss=_loss_from_parts(positives, per_pair, offset), penalty=penalty)
+    loss = _losses_from_parts(positives.unsqueeze(1), per_pair.unsqueeze(0), offset)[0]
+    return InfoNCEResult(loss=loss, penalty=penalty)
 
 
 def auto_chunk_size(batch: int, anchor_locations: int, candidate_locations: int,
@@ -565,8 +553,7 @@ def _losses_from_parts(positives: Tensor, per_pair: Tensor, offset: int) -> Tens
     r"""Per term g: mean softplus(N_gi − pos_gi), N_gi the log-sum-exp of P_gij over j ≠ o + i.
 
     ``positives`` (B, G, L_y, L_x) holds :math:`\tilde s_{i,o+i,ab}` of each term, ``per_pair``
-    (G, B, B') each term's P; returns the G losses. With G = 1 this is
-    :func:`_loss_from_parts`.
+    (G, B, B') each term's P; returns the G losses (the dense estimator's one term: G = 1).
     """
     batch = positives.shape[0]
     same_sample = torch.zeros(per_pair.shape[1:], dtype=torch.bool, device=per_pair.device)
