@@ -92,8 +92,11 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "--seed", str(seed), "--coupling", str(args.coupling),
                     "--voxel-size", str(args.voxel_size)], work, log)
         if not (work / run / "links").exists():
-            _mmssl(["run", "--preset", args.preset, "--manifest", f"{cohort}/manifest.csv",
-                    "--objective", args.objective, "--epochs", str(args.epochs),
+            presets = [part for name in args.preset or ["neuro-quick"]
+                       for part in ("--preset", name)]
+            chosen = ([] if args.objective == "preset" else ["--objective", args.objective]) + (
+                [] if args.epochs == 0 else ["--epochs", str(args.epochs)])
+            _mmssl(["run", *presets, "--manifest", f"{cohort}/manifest.csv", *chosen,
                     "--seed", str(seed), "--set", "trainer.checkpoint=last",
                     "--set", "trainer.progress_bar=false", "--out", run], work, log)
         _mmssl(["links", run, "--permutations", str(args.permutations),
@@ -113,17 +116,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="0: the null (no link planted); > 0: measures power")
     parser.add_argument("--voxel-size", type=float, default=6.0,
                         help="mm of the simulated grid (6: fast, matches neuro-quick)")
-    parser.add_argument("--preset", default="neuro-quick")
-    parser.add_argument("--objective", default="CR-XX")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--preset", action="append", default=None,
+                        help="presets of `mmssl run`, in order (repeatable; default neuro-quick)")
+    parser.add_argument("--objective", default="CR-XX",
+                        help="objective of the runs; `preset`: the presets' own")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs; 0: the presets' own")
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--work", type=Path, default=Path("runs/links-null"))
     parser.add_argument("--out", type=Path, default=None,
                         help="summary JSON (default: WORK/summary.json)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.subjects < 20 or args.epochs < 1:
-        parser.error("need --seeds >= 1, --subjects >= 20 and --epochs >= 1")
+    if args.seeds < 1 or args.subjects < 20 or args.epochs < 0:
+        parser.error("need --seeds >= 1, --subjects >= 20 and --epochs >= 0")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     console = Console()

@@ -374,6 +374,14 @@ def validate(config: RunConfig, source: str = "configuration") -> None:
     problem = cls.check_config(config)
     if problem:
         fail(config.method, problem)
+    if config.model.encoder == "pca" and cls.needs_local_features(config):
+        fail("model.encoder", f"pca has no local features, and {config.model_name} needs them "
+                              f"(its CR, XX or CC terms); use objective RR with it, or the "
+                              f"dcgan encoder")
+    if config.model.global_head != "mlp" and (config.method != "taxonomy"
+                                               or cls.needs_local_features(config)):
+        fail("model.global_head", f"{config.model.global_head} (R = z) is read by the taxonomy's "
+                                  f"global terms only (RR); {config.model_name} needs mlp")
     if cls.traits.relates_modalities and len(data.modalities) < 2:
         fail("method", f"{config.method} relates modalities and needs two or more; "
                        f"data.modalities is {data.modalities}")

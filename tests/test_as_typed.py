@@ -185,3 +185,33 @@ def test_the_readme_brain_commands_typed_from_a_project_folder(tmp_path: Path) -
         assert all(not Path(p).is_absolute() for p in report["figures"])
     audit = json.loads((run / "audit.json").read_text())
     assert audit["figures"] == ["audit.png"]
+
+
+def test_the_pca_encoder_link_commands_typed_from_a_project_folder(tmp_path: Path) -> None:
+    """README "A learner that fits the sample size", as typed: RR on the PCA-stem encoder, then
+    links; the stem is fitted once, recorded, and refused where its maps mean nothing."""
+    ok(mmssl(tmp_path, "simulate", "--out", "cohort60", "--subjects", "60", "--seed", "3",
+             "--voxel-size", "8", "--coupling", "0.3"))
+    too_many = mmssl(tmp_path, "run", "--preset", "neuro-quick", "--preset", "pca_rr",
+                     "--manifest", "cohort60/manifest.csv", "--epochs", "1",
+                     "--set", "model.pca_components=500", "--set", "trainer.progress_bar=false",
+                     "--out", "runs/too-many")
+    assert too_many.returncode != 0
+    message = too_many.stdout + too_many.stderr
+    assert "model.pca_components = 500 needs at least 501 training volumes" in message
+    assert "Traceback" not in message
+    ok(mmssl(tmp_path, "run", "--preset", "neuro-quick", "--preset", "pca_rr",
+             "--manifest", "cohort60/manifest.csv", "--epochs", "3",
+             "--set", "model.pca_components=8", "--set", "trainer.progress_bar=false",
+             "--out", "runs/pca"))
+    run = tmp_path / "runs" / "pca"
+    stems = json.loads((run / "encoder_stems.json").read_text())
+    assert set(stems) == {"t1", "falff"} and stems["t1"]["components"] == 8
+    assert 0 < stems["falff"]["explained_variance"] < 1
+    ok(mmssl(tmp_path, "links", "runs/pca", "--permutations", "60"))
+    links = json.loads((run / "links.json").read_text())
+    assert links["pca_components"] == {"t1": 8, "falff": 8}  # z is 8-d: nothing to reduce
+    latent = mmssl(tmp_path, "regions", "runs/pca", "--method", "latent", "--permutations", "20")
+    assert latent.returncode != 0 and "same for every subject" in latent.stdout + latent.stderr
+    ok(mmssl(tmp_path, "regions", "runs/pca", "--method", "ig", "--ig-steps", "4",
+             "--permutations", "20"))

@@ -29,13 +29,17 @@ from torch import Tensor, nn
 
 from mmssl import __version__
 from mmssl.errors import TrainingDiverged
-from mmssl.nn import DCGANEncoder, default_local_tap
+from mmssl.nn import DCGANEncoder, PCAEncoder, default_local_tap
 from mmssl.settings import from_mapping, require, to_dict
 
 if TYPE_CHECKING:
     from mmssl.config import RunConfig
 
+#: what ``encoders[modality]`` holds: both give ``EncoderOutput`` and the attributes methods read
+Encoder = DCGANEncoder | PCAEncoder
+
 __all__ = [
+    "Encoder",
     "METHODS",
     "MethodInputs",
     "MethodTraits",
@@ -52,18 +56,31 @@ __all__ = [
 
 @dataclass
 class ModelSettings:
-    """Encoder and projection heads (paper: DCGAN, width 32, latent 64, the 8×8(×8) tap)."""
+    """Encoder and projection heads (paper: DCGAN, width 32, latent 64, the 8×8(×8) tap).
 
-    encoder: Literal["dcgan"] = "dcgan"
+    ``encoder: pca`` swaps the DCGAN for :class:`~mmssl.nn.PCAEncoder` (a whitened PCA stem of
+    ``pca_components`` components fitted on the training volumes, then a linear map to
+    ``latent_dim``): no local features, so objectives with CR, XX or CC terms are refused.
+    ``global_head: none`` takes R = z in the taxonomy's global terms (RR) instead of the MLP
+    head: with a linear encoder the objective then stays linear in the stem, as CCA is.
+    """
+
+    encoder: Literal["dcgan", "pca"] = "dcgan"
     width: int = 32
     latent_dim: int = 64
     #: encoder blocks whose raw maps are the local features C (default: the 8-side map)
     local_taps: list[str] | None = None
     head_dim: int = 64
+    #: principal components of the PCA stem (``encoder: pca`` only)
+    pca_components: int = 32
+    #: the taxonomy's projection of z to R: the paper's MLP, or none (R = z; global terms only)
+    global_head: Literal["mlp", "none"] = "mlp"
 
     def validate(self) -> None:
-        for key in ("width", "latent_dim", "head_dim"):
+        for key in ("width", "latent_dim", "head_dim", "pca_components"):
             require(getattr(self, key) >= 1, key, f"must be ≥ 1; got {getattr(self, key)}")
+        require(self.encoder != "pca" or not self.local_taps, "local_taps",
+                f"encoder pca has no local features; got local_taps {self.local_taps}")
 
 
 @dataclass
@@ -190,11 +207,17 @@ class MultimodalMethod(L.LightningModule):
         for modality in self.modalities:
             self.encoders[modality] = self.build_encoder(modality)
 
-    def build_encoder(self, modality: str, latent_dim: int | None = None) -> DCGANEncoder:
-        """The DCGAN encoder of ``modality`` (square/cubic inputs) with the configured taps."""
+    def build_encoder(self, modality: str, latent_dim: int | None = None) -> Encoder:
+        """The encoder of ``modality`` (square/cubic inputs): the DCGAN with the configured
+        taps, or the PCA-stem encoder (``model.encoder: pca``)."""
         channels, *spatial = self.inputs.input_shapes[modality]
         if len(set(spatial)) != 1:
             raise ValueError(f"modality {modality!r}: inputs must be square/cubic; got {spatial}")
+        if self.model_settings.encoder == "pca":
+            return PCAEncoder(in_channels=channels, input_size=spatial[0],
+                              spatial_dims=len(spatial),
+                              components=self.model_settings.pca_components,
+                              latent_dim=latent_dim or self.model_settings.latent_dim)
         taps = self.model_settings.local_taps
         return DCGANEncoder(
             in_channels=channels, input_size=spatial[0], spatial_dims=len(spatial),
@@ -293,9 +316,26 @@ class MultimodalMethod(L.LightningModule):
         """The settings of one of this method's configuration sections."""
         return self.settings_sections[name]
 
-    def encoder(self, modality: str) -> DCGANEncoder:
+    def encoder(self, modality: str) -> Encoder:
         """The encoder of ``modality``."""
-        return cast(DCGANEncoder, self.encoders[modality])
+        return cast(Encoder, self.encoders[modality])
+
+    @torch.no_grad()
+    def fit_stems(self, volumes: Callable[[str], Tensor]) -> dict[str, dict[str, float]]:
+        """Fit every encoder stem that learns from data before training (the PCA encoder's);
+        ``volumes(modality)`` gives that modality's unaugmented training volumes. Returns what
+        each fitted stem kept, by modality (empty for DCGAN encoders, which have none)."""
+        fitted: dict[str, dict[str, float]] = {}
+        for modality in self.modalities:
+            encoder = self.encoders[modality]
+            if isinstance(encoder, PCAEncoder):
+                fitted[modality] = encoder.fit(volumes(modality))
+        return fitted
+
+    @classmethod
+    def needs_local_features(cls, config: RunConfig) -> bool:
+        """Whether a run of this method with ``config`` uses the encoders' local maps (C)."""
+        return False
 
     def compute_loss(
         self, batch: Mapping[str, Tensor], generator: torch.Generator | None

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.distributions import Laplace
 
 from mmssl.methods.base import (
+    Encoder,
     MethodInputs,
     MethodTraits,
     ModelSettings,
@@ -19,7 +20,7 @@ from mmssl.methods.base import (
     OptimSettings,
     register_method,
 )
-from mmssl.nn import DCGANDecoder, DCGANEncoder
+from mmssl.nn import DCGANDecoder
 from mmssl.objectives.vae import LaplacePrior, laplace_posterior, mmvae_objective
 from mmssl.settings import require
 
@@ -48,7 +49,7 @@ class MMVAESettings:
 class PosteriorMean(nn.Module):
     """The posterior location μ of an MMVAE encoder: the representation probed by default."""
 
-    def __init__(self, encoder: DCGANEncoder, latent_dim: int) -> None:
+    def __init__(self, encoder: Encoder, latent_dim: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.latent_dim = latent_dim
@@ -60,7 +61,7 @@ class PosteriorMean(nn.Module):
 class PosteriorSample(nn.Module):
     """One sample z ~ q(z|x), from a generator reseeded at every call (deterministic probes)."""
 
-    def __init__(self, encoder: DCGANEncoder, latent_dim: int, seed: int) -> None:
+    def __init__(self, encoder: Encoder, latent_dim: int, seed: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.latent_dim = latent_dim

@@ -129,12 +129,17 @@ class TaxonomyMethod(MultimodalMethod):
                     heads[tap] = LocalHead(encoder.channels[tap], model.head_dim, model.head_dim,
                                            encoder.spatial_dims)
             self.local_heads[modality] = heads
-            self.global_heads[modality] = GlobalHead(encoder.latent_dim, model.head_dim,
-                                                     model.head_dim)
+            self.global_heads[modality] = (
+                nn.Identity() if model.global_head == "none"
+                else GlobalHead(encoder.latent_dim, model.head_dim, model.head_dim))
 
     @classmethod
     def model_name(cls, config: RunConfig) -> str:
         return str(config.section("objective").name)
+
+    @classmethod
+    def needs_local_features(cls, config: RunConfig) -> bool:
+        return Objective.parse(config.section("objective").name).needs_local
 
     def gathering_estimator(self) -> EstimatorSettings:
         """The estimator, taking negatives from every process under data-parallel training."""
@@ -208,7 +213,8 @@ class TaxonomyMethod(MultimodalMethod):
         heads = cast(nn.ModuleDict, self.local_heads[modality])
         local = {tap: x.new_zeros(size, head, encoder.sides[tap] ** encoder.spatial_dims,
                                   dtype=torch.float32) for tap in heads}
-        return (local, x.new_zeros(size, head, dtype=torch.float32),
+        global_size = encoder.latent_dim if self.model_settings.global_head == "none" else head
+        return (local, x.new_zeros(size, global_size, dtype=torch.float32),
                 x.new_zeros(size, encoder.latent_dim, dtype=torch.float32))
 
     def tie_parameters(self) -> Tensor:

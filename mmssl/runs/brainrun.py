@@ -47,6 +47,7 @@ from mmssl.evaluation.saliency import (
     select_units,
     smoothgrad,
 )
+from mmssl.nn import PCAEncoder
 from mmssl.runs.evaluation import LoadedRun, load_run, read_features
 from mmssl.runs.rundir import RunDir
 
@@ -210,6 +211,12 @@ class BrainRun:
                 return cached.astype(np.float32)
         rows = self.rows(split, [modality])
         encoder = self.loaded.model.probe_encoders()[""][modality].to(self.loaded.device)
+        if method == "latent" and isinstance(encoder, PCAEncoder):
+            raise ValueError(
+                f"--method latent: this run's {modality} encoder is the PCA-stem linear encoder "
+                f"(model.encoder: pca), whose latent-unit gradients are one map per unit, the "
+                f"same for every subject, so patients and controls cannot differ in them; use "
+                f"--method ig (it varies with each subject's volume) or --method input")
         device = self.loaded.device
         maps = []
         brain = torch.from_numpy(np.array(self.brain, dtype=bool))

@@ -34,6 +34,7 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -42,6 +43,7 @@ from mmssl import config as cfg
 from mmssl import io
 from mmssl.config import RunConfig
 from mmssl.errors import CheckpointError, RunDirError, RunInterrupted, TrainingDiverged
+from mmssl.methods.base import MultimodalMethod
 from mmssl.runs.allocator import apply_cpu_allocator
 from mmssl.runs.build import build_datamodule, build_method, preflight
 from mmssl.runs.checkpoints import AtomicCheckpointIO, fit_progress, read_checkpoint
@@ -299,6 +301,10 @@ def pretrain(
             memory_format=config.trainer.memory_format, compile=config.trainer.compile,
             batch_size=config.data.batch_size, precision=config.trainer.precision,
             recorded=_recorded_memory_format(checkpoint) if checkpoint else None)
+        if checkpoint is None:
+            stems = fit_encoder_stems(model, datamodule)
+            if stems and process_rank() == 0:
+                io.write_json(run.root / ENCODER_STEMS, stems)
         trainer = build_trainer(config, run, [performance, *(extra_callbacks or [])])
         log.info("pretraining %s (%s) into %s%s", config.method, config.model_name, run.root,
                  f", resuming from {checkpoint}" if checkpoint else "")
@@ -345,6 +351,33 @@ def pretrain(
             "cpu_allocator": allocator.as_dict(),
         })
         return run.checkpoint(config.trainer.checkpoint)
+
+
+#: what the run's fitted encoder stems kept (``model.encoder: pca``), beside pretrain.json
+ENCODER_STEMS = "encoder_stems.json"
+
+
+def fit_encoder_stems(model: MultimodalMethod, datamodule: Any,
+                      batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Fit the encoders' data-fitted stems on the unaugmented training split, before the first
+    epoch (a resumed run restores them from its checkpoint instead). Sessions that lack a
+    modality are left out of that modality's fit. Returns what each stem kept, by modality."""
+    def volumes(modality: str) -> torch.Tensor:
+        parts = []
+        for batch in datamodule.loader(datamodule.train_dataset(), batch_size):
+            x = batch[modality]
+            present = batch.get("present")
+            if present is not None and modality in present:
+                x = x[torch.as_tensor(present[modality], dtype=torch.bool)]
+            parts.append(x.float())
+        return torch.cat(parts)
+
+    stems = model.fit_stems(volumes)
+    for modality, kept in stems.items():
+        log.info("%s: PCA stem fitted on %d training volumes, %d components, %.1f %% of the "
+                 "variance", modality, kept["volumes"], kept["components"],
+                 100 * kept["explained_variance"])
+    return stems
 
 
 def _recorded_memory_format(checkpoint: Path) -> dict[str, Any]:
