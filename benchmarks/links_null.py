@@ -86,7 +86,10 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result = work / run / "links.json"
     log = work / f"seed{seed}.log"
     started = time.perf_counter()
-    if not result.is_file():
+    # A links.json of another --harmonize (none before the option existed) is redone.
+    done = (result.is_file() and json.loads(result.read_text()).get(
+        "harmonize_requested", "none") == args.harmonize)
+    if not done:
         if not (work / cohort / "manifest.csv").is_file():
             _mmssl(["simulate", "--out", cohort, "--subjects", str(args.subjects),
                     "--seed", str(seed), "--coupling", str(args.coupling),
@@ -100,7 +103,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "--seed", str(seed), "--set", "trainer.checkpoint=last",
                     "--set", "trainer.progress_bar=false", "--out", run], work, log)
         _mmssl(["links", run, "--permutations", str(args.permutations),
-                "--alpha", str(args.alpha)], work, log)
+                "--alpha", str(args.alpha), "--harmonize", args.harmonize], work, log)
     summary = summarise_seed(json.loads(result.read_text()), args.alpha)
     summary["seed"], summary["seconds"] = seed, round(time.perf_counter() - started, 1)
     return summary
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=5, help="epochs; 0: the presets' own")
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--harmonize", default="auto", choices=("auto", "site", "none"),
+                        help="how links treats the scanner site (mmssl links --harmonize)")
     parser.add_argument("--work", type=Path, default=Path("runs/links-null"))
     parser.add_argument("--out", type=Path, default=None,
                         help="summary JSON (default: WORK/summary.json)")

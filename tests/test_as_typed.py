@@ -211,7 +211,26 @@ def test_the_pca_encoder_link_commands_typed_from_a_project_folder(tmp_path: Pat
     ok(mmssl(tmp_path, "links", "runs/pca", "--permutations", "60"))
     links = json.loads((run / "links.json").read_text())
     assert links["pca_components"] == {"t1": 8, "falff": 8}  # z is 8-d: nothing to reduce
+    assert links["harmonize_requested"] == "auto"
+    if links["harmonize"] == "site":  # every site had enough training subjects
+        assert sum(links["site_training_subjects"].values()) == links["n_train"]
+    else:
+        assert "too few training subjects" in links["harmonize_notes"][0]
+    ok(mmssl(tmp_path, "links", "runs/pca", "--permutations", "60", "--harmonize", "none"))
+    linear = json.loads((run / "links.json").read_text())
+    assert linear["harmonize"] == "none" and "site" in linear["confounds"]
+    assert linear["test_correlations"] != links["test_correlations"]
+    wrong = mmssl(tmp_path, "links", "runs/pca", "--harmonize", "combat")
+    assert wrong.returncode != 0 and "--harmonize 'combat'" in wrong.stdout + wrong.stderr
     latent = mmssl(tmp_path, "regions", "runs/pca", "--method", "latent", "--permutations", "20")
     assert latent.returncode != 0 and "same for every subject" in latent.stdout + latent.stderr
     ok(mmssl(tmp_path, "regions", "runs/pca", "--method", "ig", "--ig-steps", "4",
              "--permutations", "20"))
+    # Resumed, the stem comes back from the checkpoint: not refitted, not needed unfitted.
+    (run / "pretrain.json").unlink()
+    config = (run / "config.yaml").read_text().replace("epochs: 3", "epochs: 4")
+    (run / "config.yaml").write_text(config)
+    stamp = (run / "encoder_stems.json").stat().st_mtime_ns
+    ok(mmssl(tmp_path, "run", "--resume", "--out", "runs/pca"))
+    assert json.loads((run / "pretrain.json").read_text())["epochs"] == 4
+    assert (run / "encoder_stems.json").stat().st_mtime_ns == stamp

@@ -386,6 +386,11 @@ def test_links_null_runs_the_command_line_per_seed_and_resumes(tmp_path: Path) -
     again = links_null(argv)  # finished seeds are read back, not rerun
     assert again["seeds"][0]["test_correlations"] == summary["seeds"][0]["test_correlations"]
     assert (tmp_path / "work" / "seed0.log").read_text() == log
+    linear = links_null([*argv, "--harmonize", "none"])  # only links is redone
+    assert (tmp_path / "work" / "seed0.log").read_text().count("$ mmssl") == 4
+    assert linear["settings"]["harmonize"] == "none"
+    written = json.loads((tmp_path / "work" / "runs" / "seed0" / "links.json").read_text())
+    assert written["harmonize"] == written["harmonize_requested"] == "none"
 
 
 # Can InfoNCE learn the matcher's correspondence? (benchmarks.pairing_learnability)

@@ -259,3 +259,85 @@ def test_a_permutation_count_too_small_for_holm_is_named() -> None:
     assert resolution_note(3, 59, 0.05) is not None  # 3/60 = 0.05 is the floor: 59 is short
     assert resolution_note(3, 60, 0.05) is None  # 3/61 < 0.05
     assert resolution_note(1, 20, 0.05) is None and resolution_note(3, 0, 0.05) is None
+
+
+# Site harmonisation (links --harmonize site)
+
+def _sited_confounds(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    sites = rng.choice(np.array(["S1", "S2", "S3"]), size=n)
+    confounds = np.column_stack([rng.integers(0, 2, n), rng.normal(70, 6, n)])  # label, age
+    return confounds, sites
+
+
+def test_harmonise_by_site_is_the_site_interaction_regression_scaled_per_site() -> None:
+    """Oracle: one least-squares fit of the full site × [1, confounds] design gives the same
+    residuals as the per-site fits; each site's residuals are then divided by their own
+    standard deviation (degrees of freedom n_s − 3)."""
+    from mmssl.evaluation.links import harmonise_by_site
+
+    rng = np.random.default_rng(0)
+    c_train, s_train = _sited_confounds(rng, 90)
+    c_test, s_test = _sited_confounds(rng, 30)
+    x_train, x_test = rng.normal(size=(90, 4)), rng.normal(size=(30, 4))
+    train, test, counts = harmonise_by_site({"a": x_train}, {"a": x_test}, c_train, c_test,
+                                            s_train, s_test)
+    assert counts == {s: int((s_train == s).sum()) for s in ("S1", "S2", "S3")}
+
+    def design(c: np.ndarray, s: np.ndarray) -> np.ndarray:
+        base = np.column_stack([np.ones(len(c)), c])
+        return np.column_stack([base * (s == site)[:, None] for site in ("S1", "S2", "S3")])
+
+    coef, *_ = np.linalg.lstsq(design(c_train, s_train), x_train, rcond=None)
+    residual_train = x_train - design(c_train, s_train) @ coef
+    residual_test = x_test - design(c_test, s_test) @ coef
+    for site in ("S1", "S2", "S3"):
+        rows, held = s_train == site, s_test == site
+        scale = np.sqrt((residual_train[rows] ** 2).sum(axis=0) / (rows.sum() - 3))
+        np.testing.assert_allclose(train["a"][rows], residual_train[rows] / scale, atol=1e-10)
+        np.testing.assert_allclose(test["a"][held], residual_test[held] / scale, atol=1e-10)
+
+
+def test_site_specific_confound_effects_make_a_false_link_that_harmonising_removes() -> None:
+    """Both modalities follow age with a slope that differs between sites (as a scanner's
+    contrast changes how atrophy shows): site indicators plus one common age slope leave
+    age × site in both, a shared signal that the held-out test duly calls a link; removed
+    within each site, nothing links them."""
+    from mmssl.evaluation.links import harmonise_by_site, reduced_cca_links, residualise
+
+    rng = np.random.default_rng(1)
+    slopes = {"S1": -1.0, "S2": 0.0, "S3": 1.0}
+    loadings = {m: rng.normal(size=8) for m in ("t1", "falff")}
+
+    def split(n: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        confounds, sites = _sited_confounds(rng, n)
+        age = (confounds[:, 1] - 70) / 6
+        slope = np.array([slopes[s] for s in sites])
+        features = {m: np.outer(slope * age, loadings[m]) + rng.normal(size=(n, 8))
+                    for m in ("t1", "falff")}
+        return features, confounds, sites
+
+    (x_train, c_train, s_train), (x_test, c_test, s_test) = split(300), split(100)
+    indicators = np.column_stack([(s_train == s) for s in ("S2", "S3")]).astype(float)
+    indicators_test = np.column_stack([(s_test == s) for s in ("S2", "S3")]).astype(float)
+    linear = residualise(x_train, x_test, np.column_stack([c_train, indicators]),
+                         np.column_stack([c_test, indicators_test]))
+    harmonised = harmonise_by_site(x_train, x_test, c_train, c_test, s_train, s_test)[:2]
+    found, _, _ = reduced_cca_links(*linear, pca=None, n_components=1, n_permutations=200)
+    removed, _, _ = reduced_cca_links(*harmonised, pca=None, n_components=1, n_permutations=200)
+    assert found.test_correlations[0] > 0.4 and found.p_values[0] < 0.01
+    assert abs(removed.test_correlations[0]) < 0.25 and removed.p_values[0] > 0.05
+
+
+def test_harmonise_by_site_names_the_sites_it_cannot_fit() -> None:
+    from mmssl.evaluation.links import harmonise_by_site
+
+    rng = np.random.default_rng(2)
+    confounds = rng.normal(size=(12, 2))
+    x = {"a": rng.normal(size=(12, 3))}
+    sites = np.array(["S1"] * 6 + ["S2"] * 6)
+    with pytest.raises(ValueError, match=r"\['S9'\] have test subjects but no training"):
+        harmonise_by_site(x, {"a": x["a"][:2]}, confounds, confounds[:2], sites,
+                          np.array(["S1", "S9"]))
+    small = np.array(["S1"] * 8 + ["S2"] * 4)
+    with pytest.raises(ValueError, match=r"too few training subjects.*'S2': 4.*at least 5"):
+        harmonise_by_site(x, x, confounds, confounds, small, small)

@@ -154,8 +154,10 @@ def cmd_links(args: Any) -> int:
     report = run_links(Path(args.run_dir), components=args.components,
                        permutations=args.permutations, modalities=modalities,
                        pca=args.pca or None, alpha=args.alpha, confounds=args.confounds,
-                       device=args.device)
+                       harmonize=args.harmonize, device=args.device)
     beyond = f" beyond {', '.join(report['confounds'])}" if report["confounds"] else ""
+    if report["harmonize"] == "site":
+        beyond += " (removed within each site, sites harmonised)"
     table = RichTable(title=f"Multimodal links{beyond} — {args.run_dir}: CCA fitted on train, "
                             "scored on test")
     for column in ("component", "train r", "test r", "null 95%", "p", "p (Holm)"):
@@ -377,6 +379,11 @@ def links_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="level of a significant link")
     parser.add_argument("--confounds", type=str, default="auto",
                         help="auto (neuro: diagnosis, age, sex, site), none, or covariates")
+    parser.add_argument("--harmonize", type=str, default="auto",
+                        help="site: remove the confounds within each site and equalise the "
+                        "sites' scales (when the confounds include a site); none: site "
+                        "indicators among the linear confounds; auto: site where every site "
+                        "has enough training subjects, else none (said in the report)")
     parser.add_argument("--device", type=str | None, default=None)
 
 

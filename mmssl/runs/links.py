@@ -35,7 +35,13 @@ from mmssl import io
 from mmssl.data.neuro.atlas import load_atlas
 from mmssl.errors import RunDirError
 from mmssl.evaluation.clusters import region_summary
-from mmssl.evaluation.links import canonical_variate, reduced_cca_links, residualise
+from mmssl.evaluation.links import (
+    canonical_variate,
+    harmonise_by_site,
+    reduced_cca_links,
+    residualise,
+    site_harmonisation_problem,
+)
 from mmssl.evaluation.plots import canonical_scatter, paired_maps
 from mmssl.evaluation.saliency import LinearReadout, integrated_gradients, localisation_auc
 from mmssl.evaluation.stats import holm
@@ -89,15 +95,37 @@ def _confound_matrices(brain_run: BrainRun, names: Sequence[str], pair: Sequence
     return np.column_stack(columns["train"]), np.column_stack(columns["test"])
 
 
+#: how ``links`` treats the scanner site (see :func:`run_links`)
+HARMONIZE = ("auto", "site", "none")
+
+
+def _sites(brain_run: BrainRun, pair: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The train and test subjects' sites, or None when there is no site column (or missing
+    values, or a single site in training: nothing to harmonise)."""
+    tables = [brain_run.subjects(split, pair) for split in ("train", "test")]
+    if any("site" not in t.columns or t["site"].isna().any() for t in tables):
+        return None
+    train, test = (t["site"].astype(str).to_numpy() for t in tables)
+    return (train, test) if len(set(train)) > 1 else None
+
+
 def run_links(out: Path, *, components: int = 3, permutations: int = 200,
               modalities: Sequence[str] | None = None, pca: int | None = 10,
-              alpha: float = 0.05, confounds: str = "auto", steps: int = 16,
-              batch_size: int = 4, device: str | None = None) -> dict[str, Any]:
+              alpha: float = 0.05, confounds: str = "auto", harmonize: str = "auto",
+              steps: int = 16, batch_size: int = 4, device: str | None = None) -> dict[str, Any]:
     """Held-out CCA links between two modalities; on a neuroimaging run mapped and named.
 
     ``confounds``: ``auto`` (neuroimaging runs: diagnosis + age, sex, site when present;
     otherwise none), ``none``, or a comma-separated list of covariates (with the diagnosis).
+    ``harmonize``: ``site`` (when the confounds include a site with two or more levels: the
+    other confounds are removed within each site and the sites' residual scales equalised,
+    :func:`~mmssl.evaluation.links.harmonise_by_site`; an error when a site has too few
+    training subjects for that), ``none`` (site indicators among the linear confounds,
+    :func:`~mmssl.evaluation.links.residualise`), or ``auto`` (``site`` where every site can
+    be fitted, else ``none`` with a warning in the log and the report).
     """
+    if harmonize not in HARMONIZE:
+        raise ValueError(f"--harmonize {harmonize!r}: expected one of {', '.join(HARMONIZE)}")
     started = time.perf_counter()
     run = RunDir(Path(out))
     run.require_evaluated()
@@ -119,13 +147,31 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     test = {m: features["test"][m][complete["test"]] for m in pair}
     test_labels = labels["test"][complete["test"]]
     names: list[str] = []
+    harmonised = "none"
+    site_counts: dict[str, int] = {}
+    notes: list[str] = []
     if confounds != "none" and (neuro or confounds != "auto"):
         if brain_run is None:
             raise RunDirError("--confounds needs the covariates of a neuroimaging run")
         names = ["age", "sex", "site"] if confounds == "auto" else [
             c.strip() for c in confounds.split(",") if c.strip()]
-        c_train, c_test = _confound_matrices(brain_run, names, pair)
-        train, test = residualise(train, test, c_train, c_test)
+        sites = _sites(brain_run, pair) if harmonize != "none" and "site" in names else None
+        others = [n for n in names if n != "site"]
+        if sites is not None and harmonize == "auto":
+            c_train, _ = _confound_matrices(brain_run, others, pair)
+            problem = site_harmonisation_problem(*sites, c_train.shape[1] + 1)
+            if problem:
+                notes.append(f"not harmonised by site ({problem}): site indicators among the "
+                             f"linear confounds instead")
+                log.warning(notes[-1])
+                sites = None
+        if sites is None:
+            c_train, c_test = _confound_matrices(brain_run, names, pair)
+            train, test = residualise(train, test, c_train, c_test)
+        else:
+            c_train, c_test = _confound_matrices(brain_run, others, pair)
+            train, test, site_counts = harmonise_by_site(train, test, c_train, c_test, *sites)
+            harmonised = "site"
     result, reducers, reduced_test = reduced_cca_links(
         train, test, pca=pca, n_components=components, n_permutations=permutations,
         seed=config.seed)
@@ -133,6 +179,8 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     significant = [k for k, p in enumerate(adjusted) if p < alpha]
     report: dict[str, Any] = {
         "modalities": pair, "confounds": ["label", *names] if names else [],
+        "harmonize": harmonised, "site_training_subjects": site_counts,
+        "harmonize_requested": harmonize, "harmonize_notes": notes,
         "pca_components": {m: int(r.n_components_) for m, r in reducers.items()},
         **result.to_dict(), "p_holm": [float(p) for p in adjusted], "alpha": alpha,
         "significant": significant, "maps": {}, "figures": [],
