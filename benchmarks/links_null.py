@@ -86,9 +86,9 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result = work / run / "links.json"
     log = work / f"seed{seed}.log"
     started = time.perf_counter()
-    # A links.json of another --harmonize (none before the option existed) is redone.
-    done = (result.is_file() and json.loads(result.read_text()).get(
-        "harmonize_requested", "none") == args.harmonize)
+    # A links.json of another --harmonize (or of a version without the option) is redone.
+    done = (result.is_file()
+            and json.loads(result.read_text()).get("harmonize_requested") == args.harmonize)
     if not done:
         if not (work / cohort / "manifest.csv").is_file():
             _mmssl(["simulate", "--out", cohort, "--subjects", str(args.subjects),

@@ -33,7 +33,7 @@ Permutation baseline: the pairing of training rows is destroyed by shuffling the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,6 +407,26 @@ def reduced_cca_links(
     return result, reducers, reduced_test
 
 
+def _with_intercept(confounds: np.ndarray) -> FloatArray:
+    """[1, C]: the confound design with an intercept column."""
+    return np.column_stack([np.ones(len(confounds)), np.asarray(confounds, dtype=np.float64)])
+
+
+def _matched_rows(
+    train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+    c_train: FloatArray, c_test: FloatArray,
+) -> Iterator[tuple[str, FloatArray, FloatArray]]:
+    """Each modality's training and test features as float64, checked against the confound
+    rows (ValueError naming the modality when they do not match)."""
+    for modality, x in train.items():
+        x_train = np.asarray(x, dtype=np.float64)
+        x_test = np.asarray(test[modality], dtype=np.float64)
+        if len(x_train) != len(c_train) or len(x_test) != len(c_test):
+            raise ValueError(f"{modality}: confounds have {len(c_train)}/{len(c_test)} rows, "
+                             f"features {len(x_train)}/{len(x_test)}")
+        yield modality, x_train, x_test
+
+
 def residualise(
     train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
     confounds_train: np.ndarray, confounds_test: np.ndarray,
@@ -421,16 +441,10 @@ def residualise(
     Raises:
         ValueError: confound rows that do not match the features.
     """
-    c_train = np.column_stack([np.ones(len(confounds_train)), np.asarray(confounds_train, float)])
-    c_test = np.column_stack([np.ones(len(confounds_test)), np.asarray(confounds_test, float)])
+    c_train, c_test = _with_intercept(confounds_train), _with_intercept(confounds_test)
     out_train: dict[str, FloatArray] = {}
     out_test: dict[str, FloatArray] = {}
-    for modality, x in train.items():
-        x_train = np.asarray(x, dtype=np.float64)
-        x_test = np.asarray(test[modality], dtype=np.float64)
-        if len(x_train) != len(c_train) or len(x_test) != len(c_test):
-            raise ValueError(f"{modality}: confounds have {len(c_train)}/{len(c_test)} rows, "
-                             f"features {len(x_train)}/{len(x_test)}")
+    for modality, x_train, x_test in _matched_rows(train, test, c_train, c_test):
         coef, *_ = np.linalg.lstsq(c_train, x_train, rcond=None)
         out_train[modality] = x_train - c_train @ coef
         out_test[modality] = x_test - c_test @ coef
@@ -488,8 +502,7 @@ def harmonise_by_site(
     """
     sites_train = np.asarray(sites_train).astype(str)
     sites_test = np.asarray(sites_test).astype(str)
-    c_train = np.column_stack([np.ones(len(confounds_train)), np.asarray(confounds_train, float)])
-    c_test = np.column_stack([np.ones(len(confounds_test)), np.asarray(confounds_test, float)])
+    c_train, c_test = _with_intercept(confounds_train), _with_intercept(confounds_test)
     if len(sites_train) != len(c_train) or len(sites_test) != len(c_test):
         raise ValueError(f"sites have {len(sites_train)}/{len(sites_test)} rows, confounds "
                          f"{len(c_train)}/{len(c_test)}")
@@ -499,12 +512,7 @@ def harmonise_by_site(
     counts = {str(site): int((sites_train == site).sum()) for site in sorted(set(sites_train))}
     out_train: dict[str, FloatArray] = {}
     out_test: dict[str, FloatArray] = {}
-    for modality, x in train.items():
-        x_train = np.asarray(x, dtype=np.float64)
-        x_test = np.asarray(test[modality], dtype=np.float64)
-        if len(x_train) != len(c_train) or len(x_test) != len(c_test):
-            raise ValueError(f"{modality}: confounds have {len(c_train)}/{len(c_test)} rows, "
-                             f"features {len(x_train)}/{len(x_test)}")
+    for modality, x_train, x_test in _matched_rows(train, test, c_train, c_test):
         harmonised_train = np.empty_like(x_train)
         harmonised_test = np.empty_like(x_test)
         for site in counts:
