@@ -125,3 +125,31 @@ def test_lightning_ddp_on_two_cpu_processes_trains_and_evaluates(tiny_mnist_dir,
     # 160 training images, 8 per process and step, 2 processes: 10 steps per epoch.
     assert done["global_step"] == 20
     assert set(evaluate(out)["test"]) == {"rotated", "noisy", "joint"}
+
+
+def test_a_fitted_pca_stem_reaches_every_ddp_process(tiny_mnist_dir, tmp_path):
+    """The PCA encoder's stem is fitted before the processes start (ddp_spawn pickles the model):
+    an unfitted stem would stop the first step; every process trains on the same stem."""
+    import json
+
+    import torch
+
+    from mmssl import config as cfg
+    from mmssl.runs.checkpoints import read_checkpoint
+    from mmssl.runs.training import pretrain
+
+    config = cfg.resolve("quick", None, {
+        "objective.name": "RR", "data.data_dir": str(tiny_mnist_dir), "data.batch_size": 8,
+        "model.encoder": "pca", "model.pca_components": 6, "model.latent_dim": 4,
+        "model.local_taps": [], "model.global_head": "none", "trainer.epochs": 1,
+        "trainer.progress_bar": False, "trainer.accelerator": "cpu", "trainer.devices": 2,
+        "trainer.strategy": "ddp_spawn", "probe.Cs": [1.0],
+    })
+    out = tmp_path / "ddp-pca"
+    pretrain(config, out)
+    assert json.loads((out / "pretrain.json").read_text())["processes"] == 2
+    stems = json.loads((out / "encoder_stems.json").read_text())
+    assert set(stems) == {"rotated", "noisy"} and stems["noisy"]["volumes"] == 160
+    state = read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
+    assert bool(state["encoders.rotated.fitted"]) and bool(state["encoders.noisy.fitted"])
+    assert torch.count_nonzero(state["encoders.rotated.basis"]) > 0

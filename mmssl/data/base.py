@@ -131,6 +131,12 @@ class MultimodalDataModule(L.LightningDataModule):
         """The fixed items of ``split`` (``train``, ``val`` or ``test``) for evaluation."""
         raise NotImplementedError
 
+    def stem_dataset(self) -> Dataset[dict[str, Tensor]]:
+        """Unaugmented training items with one tensor per modality, to fit an encoder's stem
+        from (``model.encoder: pca``): by default the training split's fixed evaluation items;
+        a module whose training items already hold the modalities unaugmented may give more."""
+        return self.eval_dataset("train")
+
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Channel-first shape of one item of each served modality."""

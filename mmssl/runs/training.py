@@ -359,12 +359,15 @@ ENCODER_STEMS = "encoder_stems.json"
 
 def fit_encoder_stems(model: MultimodalMethod, datamodule: Any,
                       batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Fit the encoders' data-fitted stems on the unaugmented training split, before the first
-    epoch (a resumed run restores them from its checkpoint instead). Sessions that lack a
-    modality are left out of that modality's fit. Returns what each stem kept, by modality."""
+    """Fit the encoders' data-fitted stems on the unaugmented training split
+    (``datamodule.stem_dataset()``), before the first epoch (a resumed run restores them from
+    its checkpoint instead). Sessions that lack a modality are left out of that modality's fit.
+    Returns what each stem kept, by modality."""
     def volumes(modality: str) -> torch.Tensor:
+        if not datamodule.is_setup():
+            datamodule.setup("fit")
         parts = []
-        for batch in datamodule.loader(datamodule.train_dataset(), batch_size):
+        for batch in datamodule.loader(datamodule.stem_dataset(), batch_size):
             x = batch[modality]
             present = batch.get("present")
             if present is not None and modality in present:

@@ -324,6 +324,11 @@ class NeuroDataModule(MultimodalDataModule):
         """One unaugmented session per labelled subject of ``split`` (the most complete)."""
         return self._dataset(split)
 
+    def stem_dataset(self) -> Dataset[dict[str, Tensor]]:
+        """Every pretraining session (unlabelled subjects included): the volumes are only
+        cropped on the device, after loading, so these items are unaugmented."""
+        return self._dataset("pretrain")
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches (those with an ``"index"``): the pad-crop (and flips) on the device,
         shared by the modalities or drawn per modality; every batch's volumes then leave in the
