@@ -109,6 +109,33 @@ def _sites(brain_run: BrainRun, pair: Sequence[str]) -> tuple[np.ndarray, np.nda
     return (train, test) if len(set(train)) > 1 else None
 
 
+def _adjusted(brain_run: BrainRun, train: dict[str, np.ndarray], test: dict[str, np.ndarray],
+              names: Sequence[str], pair: Sequence[str], harmonize: str
+              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Both splits with the label and the named covariates removed — within each site when
+    ``harmonize`` asks for it and the sites allow it — and what was done, for the report."""
+    sites = _sites(brain_run, pair) if harmonize != "none" and "site" in names else None
+    others = [n for n in names if n != "site"]
+    notes: list[str] = []
+    if sites is not None and harmonize == "auto":
+        c_train, _ = _confound_matrices(brain_run, others, pair)
+        problem = site_harmonisation_problem(*sites, c_train.shape[1] + 1)
+        if problem:
+            notes.append(f"not harmonised by site ({problem}): site indicators among the "
+                         f"linear confounds instead")
+            log.warning(notes[-1])
+            sites = None
+    if sites is None:
+        c_train, c_test = _confound_matrices(brain_run, names, pair)
+        adjusted = residualise(train, test, c_train, c_test)
+        return *adjusted, {"harmonize": "none", "site_training_subjects": {},
+                           "harmonize_notes": notes}
+    c_train, c_test = _confound_matrices(brain_run, others, pair)
+    fit, held, counts = harmonise_by_site(train, test, c_train, c_test, *sites)
+    return fit, held, {"harmonize": "site", "site_training_subjects": counts,
+                       "harmonize_notes": notes}
+
+
 def run_links(out: Path, *, components: int = 3, permutations: int = 200,
               modalities: Sequence[str] | None = None, pca: int | None = 10,
               alpha: float = 0.05, confounds: str = "auto", harmonize: str = "auto",
@@ -147,31 +174,14 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     test = {m: features["test"][m][complete["test"]] for m in pair}
     test_labels = labels["test"][complete["test"]]
     names: list[str] = []
-    harmonised = "none"
-    site_counts: dict[str, int] = {}
-    notes: list[str] = []
+    harmonised: dict[str, Any] = {"harmonize": "none", "site_training_subjects": {},
+                                  "harmonize_notes": []}
     if confounds != "none" and (neuro or confounds != "auto"):
         if brain_run is None:
             raise RunDirError("--confounds needs the covariates of a neuroimaging run")
         names = ["age", "sex", "site"] if confounds == "auto" else [
             c.strip() for c in confounds.split(",") if c.strip()]
-        sites = _sites(brain_run, pair) if harmonize != "none" and "site" in names else None
-        others = [n for n in names if n != "site"]
-        if sites is not None and harmonize == "auto":
-            c_train, _ = _confound_matrices(brain_run, others, pair)
-            problem = site_harmonisation_problem(*sites, c_train.shape[1] + 1)
-            if problem:
-                notes.append(f"not harmonised by site ({problem}): site indicators among the "
-                             f"linear confounds instead")
-                log.warning(notes[-1])
-                sites = None
-        if sites is None:
-            c_train, c_test = _confound_matrices(brain_run, names, pair)
-            train, test = residualise(train, test, c_train, c_test)
-        else:
-            c_train, c_test = _confound_matrices(brain_run, others, pair)
-            train, test, site_counts = harmonise_by_site(train, test, c_train, c_test, *sites)
-            harmonised = "site"
+        train, test, harmonised = _adjusted(brain_run, train, test, names, pair, harmonize)
     result, reducers, reduced_test = reduced_cca_links(
         train, test, pca=pca, n_components=components, n_permutations=permutations,
         seed=config.seed)
@@ -179,8 +189,7 @@ def run_links(out: Path, *, components: int = 3, permutations: int = 200,
     significant = [k for k, p in enumerate(adjusted) if p < alpha]
     report: dict[str, Any] = {
         "modalities": pair, "confounds": ["label", *names] if names else [],
-        "harmonize": harmonised, "site_training_subjects": site_counts,
-        "harmonize_requested": harmonize, "harmonize_notes": notes,
+        **harmonised, "harmonize_requested": harmonize,
         "pca_components": {m: int(r.n_components_) for m, r in reducers.items()},
         **result.to_dict(), "p_holm": [float(p) for p in adjusted], "alpha": alpha,
         "significant": significant, "maps": {}, "figures": [],
