@@ -39,6 +39,7 @@ from rich.table import Table
 from scipy.stats import beta
 
 from mmssl import io
+from mmssl.evaluation.links import HARMONIZE
 
 __all__ = ["clopper_pearson", "main", "summarise_seed"]
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=5, help="epochs; 0: the presets' own")
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--harmonize", default="auto", choices=("auto", "site", "none"),
+    parser.add_argument("--harmonize", default="auto", choices=HARMONIZE,
                         help="how links treats the scanner site (mmssl links --harmonize)")
     parser.add_argument("--work", type=Path, default=Path("runs/links-null"))
     parser.add_argument("--out", type=Path, default=None,

@@ -41,11 +41,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "LinkResult", "Standardizer", "canonical_variate", "cca_links", "harmonise_by_site",
+    "HARMONIZE", "LinkResult", "Standardizer", "canonical_variate", "cca_links",
+    "harmonise_by_site",
     "reduced_cca_links", "residualise", "site_harmonisation_problem",
 ]
 
 FloatArray = NDArray[np.float64]
+
+#: how ``mmssl links`` treats the scanner site: ``site`` (:func:`harmonise_by_site`), ``none``
+#: (site indicators in :func:`residualise`), ``auto`` (``site`` where every site can be fitted)
+HARMONIZE = ("auto", "site", "none")
 
 #: Relative floor on eigenvalues when inverting a (possibly singular) correlation matrix.
 _EIGEN_FLOOR = 1e-12
@@ -451,13 +456,18 @@ def residualise(
     return out_train, out_test
 
 
+def _site_counts(sites: np.ndarray) -> dict[str, int]:
+    """Rows per site, sites in sorted order."""
+    names, counts = np.unique(np.asarray(sites).astype(str), return_counts=True)
+    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}
+
+
 def site_harmonisation_problem(sites_train: np.ndarray, sites_test: np.ndarray,
                                 design_columns: int) -> str | None:
     """Why :func:`harmonise_by_site` cannot fit these sites (None when it can): a test site
     with no training subjects, or a site with fewer training subjects than the confound
     model's ``design_columns`` (intercept included) + 2."""
-    sites_train = np.asarray(sites_train).astype(str)
-    counts = {str(site): int((sites_train == site).sum()) for site in sorted(set(sites_train))}
+    counts = _site_counts(sites_train)
     unseen = sorted(str(site) for site in set(np.asarray(sites_test).astype(str)) - set(counts))
     if unseen:
         return (f"site(s) {unseen} have test subjects but no training subjects, so they cannot "
@@ -509,7 +519,7 @@ def harmonise_by_site(
     problem = site_harmonisation_problem(sites_train, sites_test, c_train.shape[1])
     if problem:
         raise ValueError(f"{problem}; use --harmonize none")
-    counts = {str(site): int((sites_train == site).sum()) for site in sorted(set(sites_train))}
+    counts = _site_counts(sites_train)
     out_train: dict[str, FloatArray] = {}
     out_test: dict[str, FloatArray] = {}
     for modality, x_train, x_test in _matched_rows(train, test, c_train, c_test):

@@ -36,6 +36,7 @@ from mmssl.data.neuro.atlas import load_atlas
 from mmssl.errors import RunDirError
 from mmssl.evaluation.clusters import region_summary
 from mmssl.evaluation.links import (
+    HARMONIZE,
     canonical_variate,
     harmonise_by_site,
     reduced_cca_links,
@@ -95,10 +96,6 @@ def _confound_matrices(brain_run: BrainRun, names: Sequence[str], pair: Sequence
     return np.column_stack(columns["train"]), np.column_stack(columns["test"])
 
 
-#: how ``links`` treats the scanner site (see :func:`run_links`)
-HARMONIZE = ("auto", "site", "none")
-
-
 def _sites(brain_run: BrainRun, pair: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """The train and test subjects' sites, or None when there is no site column (or missing
     values, or a single site in training: nothing to harmonise)."""
@@ -115,24 +112,20 @@ def _adjusted(brain_run: BrainRun, train: dict[str, np.ndarray], test: dict[str,
     """Both splits with the label and the named covariates removed — within each site when
     ``harmonize`` asks for it and the sites allow it — and what was done, for the report."""
     sites = _sites(brain_run, pair) if harmonize != "none" and "site" in names else None
-    others = [n for n in names if n != "site"]
     notes: list[str] = []
-    if sites is not None and harmonize == "auto":
-        c_train, _ = _confound_matrices(brain_run, others, pair)
-        problem = site_harmonisation_problem(*sites, c_train.shape[1] + 1)
-        if problem:
-            notes.append(f"not harmonised by site ({problem}): site indicators among the "
-                         f"linear confounds instead")
-            log.warning(notes[-1])
-            sites = None
-    if sites is None:
-        c_train, c_test = _confound_matrices(brain_run, names, pair)
-        adjusted = residualise(train, test, c_train, c_test)
-        return *adjusted, {"harmonize": "none", "site_training_subjects": {},
-                           "harmonize_notes": notes}
-    c_train, c_test = _confound_matrices(brain_run, others, pair)
-    fit, held, counts = harmonise_by_site(train, test, c_train, c_test, *sites)
-    return fit, held, {"harmonize": "site", "site_training_subjects": counts,
+    if sites is not None:
+        c_train, c_test = _confound_matrices(brain_run, [n for n in names if n != "site"], pair)
+        problem = site_harmonisation_problem(*sites, c_train.shape[1] + 1)  # + the intercept
+        if not (problem and harmonize == "auto"):  # `site` with a problem: the error names it
+            fit, held, counts = harmonise_by_site(train, test, c_train, c_test, *sites)
+            return fit, held, {"harmonize": "site", "site_training_subjects": counts,
+                               "harmonize_notes": notes}
+        notes.append(f"not harmonised by site ({problem}): site indicators among the linear "
+                     f"confounds instead")
+        log.warning(notes[-1])
+    c_train, c_test = _confound_matrices(brain_run, names, pair)
+    adjusted = residualise(train, test, c_train, c_test)
+    return *adjusted, {"harmonize": "none", "site_training_subjects": {},
                        "harmonize_notes": notes}
 
 

@@ -363,17 +363,22 @@ def fit_encoder_stems(model: MultimodalMethod, datamodule: Any,
     (``datamodule.stem_dataset()``), before the first epoch (a resumed run restores them from
     its checkpoint instead). Sessions that lack a modality are left out of that modality's fit.
     Returns what each stem kept, by modality."""
+    loaded: dict[str, torch.Tensor] = {}
+
     def volumes(modality: str) -> torch.Tensor:
-        if not datamodule.is_setup():
-            datamodule.setup("fit")
-        parts = []
-        for batch in datamodule.loader(datamodule.stem_dataset(), batch_size):
-            x = batch[modality]
-            present = batch.get("present")
-            if present is not None and modality in present:
-                x = x[torch.as_tensor(present[modality], dtype=torch.bool)]
-            parts.append(x.float())
-        return torch.cat(parts)
+        if not loaded:  # one pass over the split reads every modality
+            if not datamodule.is_setup():
+                datamodule.setup("fit")
+            parts: dict[str, list[torch.Tensor]] = {}
+            for batch in datamodule.loader(datamodule.stem_dataset(), batch_size):
+                present = batch.get("present") or {}
+                for name in model.modalities:
+                    x = batch[name]
+                    if name in present:
+                        x = x[torch.as_tensor(present[name], dtype=torch.bool)]
+                    parts.setdefault(name, []).append(x.float())
+            loaded.update({name: torch.cat(chunks) for name, chunks in parts.items()})
+        return loaded[modality]
 
     stems = model.fit_stems(volumes)
     for modality, kept in stems.items():
