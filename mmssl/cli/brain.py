@@ -19,7 +19,8 @@ from mmssl.errors import ConfigError
 #: ``mmssl simulate`` flags → :class:`~mmssl.data.neuro.simulate.SimulationSettings` fields.
 SIMULATE_FLAGS: tuple[str, ...] = (
     "subjects", "seed", "sessions", "patient_fraction", "unlabelled_fraction", "voxel_size",
-    "t1_effect", "falff_effect", "coupling", "noise", "falff_noise", "sites",
+    "t1_effect", "falff_effect", "coupling", "noise", "falff_noise", "falff_noise_fwhm",
+    "falff_field_sd", "sites",
     "missing_falff_fraction", "shared_anatomy", "bids", "bold_timepoints", "repetition_time",
 )
 
@@ -274,6 +275,10 @@ def simulate_parser(parser: ArgumentParser) -> None:
                     "sample size\")",
         "noise": "T1 noise, relative (default 0.05)",
         "falff_noise": "fALFF noise, relative, before motion and site (default 0.25)",
+        "falff_noise_fwhm": "FWHM in mm of the fALFF noise field (default 8; README, \"The fALFF "
+                            "effect, localised\")",
+        "falff_field_sd": "SD (log scale) of each subject's functional field, FWHM 12 mm "
+                          "(default 0.12)",
         "sites": "scanner sites (default 3)",
         "missing_falff_fraction": "fraction of sessions without fALFF (default 0)",
         "shared_anatomy": "correlation of each subject's fALFF field with its anatomical "

@@ -30,11 +30,9 @@ from mmssl.data.neuro.simulate.settings import (
     CONTROL_AGE,
     EFFECT_MASK_THRESHOLD,
     FALFF_CSF,
-    FALFF_FIELD_SD,
     FALFF_GM_BASE,
     FALFF_GM_TOPOGRAPHY,
     FALFF_MAX,
-    FALFF_NOISE_FWHM_MM,
     FALFF_SCALE_RANGE,
     FALFF_WM,
     INDIVIDUAL_FIELD_FWHM_MM,
@@ -149,14 +147,14 @@ def _description(settings: SimulationSettings, anatomy: Anatomy,
                 "*(1-t1_effect*s*w_D)*exp(coupling*c*w_K), 0, B-w)"),
             "falff": (
                 f"clip(k'*m'_site*(({FALFF_GM_BASE}+{FALFF_GM_TOPOGRAPHY}*h)*G + {FALFF_WM}*W +"
-                f" {FALFF_CSF}*C)*exp({FALFF_FIELD_SD}*z')*(1-0.003*(a-60))*(1-falff_effect*s*"
-                f"w_D)*exp(coupling*c*w_K), 0, {FALFF_MAX})"),
+                f" {FALFF_CSF}*C)*exp({settings.falff_field_sd}*z')*(1-0.003*(a-60))*"
+                f"(1-falff_effect*s*w_D)*exp(coupling*c*w_K), 0, {FALFF_MAX})"),
             "acquisition": (
                 "rigid motion (rotation vector in the ball of radius misregistration_deg about "
                 f"{list(ROTATION_CENTRE_MM)} mm, translation in the ball of radius "
                 "misregistration_mm), smooth noise (T1: noise*nu_site, FWHM "
                 f"{T1_NOISE_FWHM_MM} mm; fALFF: falff_noise*eta*nu'_site, FWHM "
-                f"{FALFF_NOISE_FWHM_MM} mm; times the clean scan's mean in the brain)"),
+                f"{settings.falff_noise_fwhm} mm; times the clean scan's mean in the brain)"),
             "sites": [dataclasses.asdict(s) for s in SITES[:settings.sites]],
             "scale_ranges": {"t1": list(T1_SCALE_RANGE), "falff": list(FALFF_SCALE_RANGE)},
             "individual_field_fwhm_mm": INDIVIDUAL_FIELD_FWHM_MM,
@@ -311,7 +309,7 @@ def _simulate_subject(out: Path, settings: SimulationSettings, subjects: Sequenc
             falff = finish_scan(
                 falff_clean(anatomy, latent, settings, weights), anatomy,
                 motion=rigid_motion(*motions["falff"], anatomy.affine), noise_sd=falff_noise,
-                noise_fwhm_mm=FALFF_NOISE_FWHM_MM, rng=rng, upper=FALFF_MAX)
+                noise_fwhm_mm=settings.falff_noise_fwhm, rng=rng, upper=FALFF_MAX)
             save_nifti(stale, falff, anatomy.affine)
         else:
             stale.unlink(missing_ok=True)  # from an earlier cohort in the same folder

@@ -35,12 +35,13 @@ AGE_WM_LOSS_PER_YEAR = 0.002
 AGE_FALFF_LOSS_PER_YEAR = 0.003
 #: Age at which the age effects are zero.
 AGE_REFERENCE = 60.0
-#: Standard deviations of the subject fields (log scale): anatomy (T1 grey matter), fALFF.
+#: Standard deviations of the subject fields (log scale): anatomy (T1 grey matter), fALFF (the
+#: default of ``falff_field_sd``).
 T1_FIELD_SD = 0.12
 FALFF_FIELD_SD = 0.12
 #: FWHM (mm) of the subject fields.
 INDIVIDUAL_FIELD_FWHM_MM = 12.0
-#: FWHM (mm) of the scan noise of each modality.
+#: FWHM (mm) of the scan noise of each modality (fALFF: the default of ``falff_noise_fwhm``).
 T1_NOISE_FWHM_MM = 3.0
 FALFF_NOISE_FWHM_MM = 8.0
 #: Range of the per-scan intensity scales.
@@ -100,6 +101,15 @@ SITES: tuple[Site, ...] = (
 CALIBRATION: dict[str, tuple[float, ...]] = {"t1": (0.929, 0.922, 0.920),
                                              "falff": (0.777, 0.748, 0.685)}
 
+#: Large-scale fALFF variation (module docstring, "Difficulty"):
+#: ``SimulationSettings(**SMOOTH_FALFF)`` or
+#: ``mmssl simulate --falff-noise 0.08 --falff-noise-fwhm 24 --falff-field-sd 0.06``.
+SMOOTH_FALFF: dict[str, float] = {"falff_noise": 0.08, "falff_noise_fwhm": 24.0,
+                                  "falff_field_sd": 0.06}
+#: :data:`CALIBRATION` of those settings (same protocol; the T1 scans are unchanged).
+SMOOTH_FALFF_CALIBRATION: dict[str, tuple[float, ...]] = {"t1": (0.929, 0.922, 0.920),
+                                                          "falff": (0.817, 0.790, 0.788)}
+
 SEXES = ("F", "M")
 STREAM_COHORT, STREAM_SUBJECT, STREAM_SCAN, STREAM_SESSIONS = 0, 1, 2, 3
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -127,6 +137,14 @@ class SimulationSettings:
             multiplied by ``exp(coupling * c)`` at the region centres; 0 plants no link.
         noise: T1 noise standard deviation relative to the scan's mean clean in-brain intensity.
         falff_noise: the same for fALFF, before the motion and site multipliers.
+        falff_noise_fwhm: FWHM (mm) of the fALFF noise field. Real fALFF maps are computed from
+            BOLD series smoothed in preprocessing, so their between-scan variation is smooth
+            over centimetres; a larger FWHM at a smaller ``falff_noise`` keeps the diagnosis hard
+            to read from a region's mean while each voxel carries more of it (README, "The
+            fALFF effect, localised").
+        falff_field_sd: standard deviation (log scale) of each subject's functional field
+            :math:`z'_i` in the fALFF map: individual variation of the functional topography
+            on the scale of its FWHM (12 mm).
         sites: number of scanner sites (1 to ``len(SITES)``).
         missing_falff_fraction: fraction of sessions without a fALFF scan (their manifest cell
             is empty and no file is written).
@@ -155,6 +173,8 @@ class SimulationSettings:
     coupling: float = 0.1
     noise: float = 0.05
     falff_noise: float = 0.25
+    falff_noise_fwhm: float = FALFF_NOISE_FWHM_MM
+    falff_field_sd: float = FALFF_FIELD_SD
     sites: int = 3
     missing_falff_fraction: float = 0.0
     shared_anatomy: float = 0.0
@@ -187,6 +207,10 @@ class SimulationSettings:
             (0.0 <= self.coupling <= 1.0, f"coupling must lie in [0, 1], got {self.coupling}"),
             (self.noise >= 0.0, f"noise must be non-negative, got {self.noise}"),
             (self.falff_noise >= 0.0, f"falff_noise must be non-negative, got {self.falff_noise}"),
+            (0.0 <= self.falff_field_sd <= 1.0,
+             f"falff_field_sd must lie in [0, 1], got {self.falff_field_sd}"),
+            (0.0 < self.falff_noise_fwhm <= 60.0,
+             f"falff_noise_fwhm must lie in (0, 60] mm, got {self.falff_noise_fwhm}"),
             (1 <= self.sites <= len(SITES),
              f"sites must lie in [1, {len(SITES)}], got {self.sites}"),
             (0.0 <= self.missing_falff_fraction < 1.0,

@@ -20,7 +20,6 @@ from mmssl.data.neuro.simulate.settings import (
     AGE_REFERENCE,
     AGE_WM_LOSS_PER_YEAR,
     FALFF_CSF,
-    FALFF_FIELD_SD,
     FALFF_GM_BASE,
     FALFF_GM_TOPOGRAPHY,
     FALFF_WM,
@@ -77,7 +76,7 @@ def falff_clean(anatomy: Anatomy, latent: Latent, settings: SimulationSettings,
         + FALFF_WM * anatomy.wm + FALFF_CSF * anatomy.csf
     )
     if latent.field is not None:
-        amplitude = amplitude * np.exp(FALFF_FIELD_SD * latent.field)
+        amplitude = amplitude * np.exp(settings.falff_field_sd * latent.field)
     amplitude = amplitude * (1.0 - AGE_FALFF_LOSS_PER_YEAR * (latent.age - AGE_REFERENCE))
     amplitude = amplitude * (
         1.0 - settings.falff_effect * latent.severity * weights["falff", "effect"].weights)
