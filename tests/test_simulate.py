@@ -43,6 +43,7 @@ from mmssl.data.neuro.simulate import (  # noqa: E402
     template_grid,
 )
 from mmssl.data.neuro.simulate.bids import bids_paths, falff_band_bins  # noqa: E402
+from mmssl.data.neuro.simulate.settings import FWHM_TO_SIGMA  # noqa: E402
 
 try:
     atlas_data_dir()
@@ -137,7 +138,7 @@ def test_grid_is_nilearns_resampled_template_grid() -> None:
         {"subjects": 0}, {"seed": -1}, {"patient_fraction": 1.5}, {"sessions": 0},
         {"unlabelled_fraction": -0.1}, {"voxel_size": 1.0}, {"t1_effect": 1.0},
         {"noise": -0.01}, {"falff_noise": -0.1}, {"coupling": -0.1}, {"sites": 0},
-        {"falff_noise_fwhm": 0.0}, {"falff_noise_fwhm": 100.0},
+        {"falff_noise_fwhm": 0.0}, {"falff_noise_fwhm": 100.0}, {"falff_field_sd": -0.1},
         {"sites": len(SITES) + 1}, {"missing_falff_fraction": 1.0},
         {"misregistration_mm": -1.0}, {"misregistration_deg": 20.0},
         {"label_names": ("AD", "AD")}, {"shared_anatomy": -0.1}, {"shared_anatomy": 1.5},
@@ -394,6 +395,11 @@ def test_site_and_age_effects_are_present(tmp_path: Path) -> None:
     assert stats.pearsonr(age, falff).statistic < -0.9
 
 
+def _roughness(volume: np.ndarray, inner: np.ndarray) -> float:
+    """Mean squared difference of neighbouring voxels along the first axis, inside ``inner``."""
+    return float(np.mean(np.diff(volume.astype(np.float64), axis=0)[inner[1:]] ** 2))
+
+
 def test_falff_noise_varies_by_subject(cohort: Path) -> None:
     table = load_ground_truth(cohort).subjects
     site_noise = {s.name: s.falff_noise for s in SITES}
@@ -403,10 +409,7 @@ def test_falff_noise_varies_by_subject(cohort: Path) -> None:
     rows = read_manifest(cohort / "manifest.csv")
     brain = load(cohort / "ground_truth" / "brain_mask.nii.gz") > 0
     inner = ndimage.binary_erosion(brain, iterations=2)
-    roughness = []
-    for row in rows:
-        f = load(cohort / row["falff"]).astype(np.float64)
-        roughness.append(np.mean((np.diff(f, axis=0)[inner[1:]]) ** 2))
+    roughness = [_roughness(load(cohort / row["falff"]), inner) for row in rows]
     assert stats.spearmanr(table["falff_noise"], roughness).statistic > 0.5
 
 
@@ -424,7 +427,7 @@ def _fwhm_from_lag_one(field: np.ndarray, inside: np.ndarray, voxel_size: float)
         both = m[1:] & m[:-1]
         rhos.append(np.corrcoef(a[1:][both], a[:-1][both])[0, 1])
     sigma = 1.0 / np.sqrt(-4.0 * np.log(np.mean(rhos)))
-    return float(sigma * voxel_size * 2.0 * np.sqrt(2.0 * np.log(2.0)))
+    return float(sigma * voxel_size / FWHM_TO_SIGMA)
 
 
 @pytest.mark.parametrize("fwhm", [12.0, 24.0])
@@ -453,8 +456,8 @@ def test_falff_noise_fwhm_smooths_only_the_falff_noise(tmp_path: Path) -> None:
     for row_a, row_b in zip(read_manifest(a / "manifest.csv"), read_manifest(b / "manifest.csv"),
                             strict=True):
         assert (a / row_a["t1"]).read_bytes() == (b / row_b["t1"]).read_bytes()
-        fa, fb = (load(c / r["falff"]).astype(np.float64) for c, r in ((a, row_a), (b, row_b)))
-        rough_a, rough_b = (np.mean(np.diff(f, axis=0)[inner[1:]] ** 2) for f in (fa, fb))
+        rough_a, rough_b = (_roughness(load(c / r["falff"]), inner)
+                            for c, r in ((a, row_a), (b, row_b)))
         assert rough_b < 0.6 * rough_a  # the same draws, filtered more widely
 
 
@@ -602,7 +605,7 @@ def test_t1_is_the_easier_modality_for_the_oracle_probe(tmp_path: Path) -> None:
 def _falff_voxel_localisation(cohort: Path) -> float:
     """ROC AUC of the voxel-wise |t| (patients vs controls, scans scaled to their brain mean)
     for the planted fALFF effect voxels against the rest of the brain."""
-    from sklearn.metrics import roc_auc_score
+    from mmssl.evaluation.saliency import localisation_auc
 
     rows = read_manifest(cohort / "manifest.csv")
     brain = load(cohort / "ground_truth" / "brain_mask.nii.gz") > 0
@@ -611,7 +614,7 @@ def _falff_voxel_localisation(cohort: Path) -> float:
                                              for r in rows)])
     patients = np.array([r["label"] == "AD" for r in rows])
     t = stats.ttest_ind(scans[patients], scans[~patients]).statistic
-    return float(roc_auc_score(effect[brain], np.abs(t)))
+    return localisation_auc(np.abs(t), effect[brain])
 
 
 def test_smooth_falff_variation_keeps_the_region_hard_and_lets_voxels_show_it(

@@ -101,10 +101,9 @@ equally moved brain mask:
 
 where :math:`\overline{\,\cdot\,}` is the clean scan's mean in the brain, :math:`\varepsilon,
 \varepsilon'` unit-variance Gaussian noise fields of FWHM 3 mm and ``falff_noise_fwhm`` (8 mm
-by default), :math:`n_{T1}` =
-``noise``, :math:`n_F` = ``falff_noise``, and :math:`\nu_\sigma, \nu'_\sigma` the site's noise
-multipliers. So fALFF is noisier, its noise varies with motion and site, and its values stay a
-valid fraction (a BOLD series with exactly this fALFF exists;
+by default), :math:`n_{T1}` = ``noise``, :math:`n_F` = ``falff_noise``, and :math:`\nu_\sigma,
+\nu'_\sigma` the site's noise multipliers. So fALFF is noisier, its noise varies with motion
+and site, and its values stay a valid fraction (a BOLD series with exactly this fALFF exists;
 :mod:`mmssl.data.neuro.simulate.bids`).
 
 Difficulty

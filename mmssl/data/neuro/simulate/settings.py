@@ -107,7 +107,7 @@ CALIBRATION: dict[str, tuple[float, ...]] = {"t1": (0.929, 0.922, 0.920),
 SMOOTH_FALFF: dict[str, float] = {"falff_noise": 0.08, "falff_noise_fwhm": 24.0,
                                   "falff_field_sd": 0.06}
 #: :data:`CALIBRATION` of those settings (same protocol; the T1 scans are unchanged).
-SMOOTH_FALFF_CALIBRATION: dict[str, tuple[float, ...]] = {"t1": (0.929, 0.922, 0.920),
+SMOOTH_FALFF_CALIBRATION: dict[str, tuple[float, ...]] = {"t1": CALIBRATION["t1"],
                                                           "falff": (0.817, 0.790, 0.788)}
 
 SEXES = ("F", "M")
