@@ -180,7 +180,7 @@ def test_the_readme_brain_commands_typed_from_a_project_folder(tmp_path: Path) -
     run = tmp_path / "runs" / "e1"
     for name in ("regions.json", "audit.json", "links.json", "saliency.json", "report.html"):
         assert (run / name).is_file(), name
-    for name in ("regions_ig", "regions_latent", "regions_input"):
+    for name in ("regions_ig", "regions_latent", "regions_input_s12"):
         report = json.loads((run / "regions" / f"{name}.json").read_text())
         assert all(not Path(p).is_absolute() for p in report["figures"])
     audit = json.loads((run / "audit.json").read_text())

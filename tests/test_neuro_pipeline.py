@@ -196,8 +196,9 @@ def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
 
     assert main(["regions", str(neuro_run), "--method", "input", "--smooth", "8",
                  "--permutations", "20"]) == 0
-    report = json.loads((neuro_run / "regions" / "regions_input.json").read_text())
+    report = json.loads((neuro_run / "regions" / "regions_input_s8.json").read_text())
     assert report["smooth_fwhm_mm"] == 8.0
+    assert report["modalities"]["t1"]["maps"]["t"] == "regions/t1_input_s8_t.nii.gz"
     brain_run = open_brain_run(neuro_run)
     subjects = brain_run.subjects("all", ["t1"])
     volumes = brain_run.volumes(brain_run.rows("all", ["t1"]), "t1")[:, 0].numpy()
@@ -216,7 +217,8 @@ def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
     assert entry["localisation_auc"]["t"] > 0.7
     assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4", "--smooth",
                  "8", "--permutations", "20"]) == 0
-    latent = json.loads((neuro_run / "regions" / "regions_latent.json").read_text())
+    latent = json.loads((neuro_run / "regions" / "regions_latent_s8.json").read_text())
+    assert json.loads((neuro_run / "regions.json").read_text()) == latent  # the latest
     assert latent["modalities"]["t1"]["input_localisation_auc"] == pytest.approx(
         entry["localisation_auc"]["t"], abs=1e-9)
 

@@ -16,8 +16,10 @@ thresholded map, glass-brain and slice figures; ``regions.csv`` (the clusters of
 strongest first), ``regions_summary.csv`` (regions by mean statistic) and ``regions.json`` (the
 settings, counts, timings and, on a simulated cohort, how the maps localise the planted
 effects and whether the planted regions lead the tables). Those three describe the latest
-method run; each method also keeps its own copies in ``regions/`` (``regions_ig.csv``,
-``regions_summary_ig.csv``, ``regions_ig.json``, …), so ``ig`` and ``latent`` can be compared.
+method run; each method and smoothing keeps its own copies in ``regions/`` (``regions_ig.csv``,
+``regions_summary_ig.csv``, ``regions_ig.json``, …; with ``--smooth 8``, ``regions_ig_s8.csv``
+and so on, the NIfTI maps and figures named the same way), so ``ig`` and ``latent``, smoothed or
+not, can be compared side by side.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from mmssl.evaluation.saliency import localisation_auc
 from mmssl.evaluation.smoothing import fwhm_to_sigma_voxels, smooth_within_mask
 from mmssl.runs.brainrun import GROUP_METHODS, BrainRun, MapSettings, open_brain_run
 
-__all__ = ["planted_rank", "run_regions"]
+__all__ = ["analysis_key", "planted_rank", "run_regions"]
 
 log = logging.getLogger("mmssl")
 
@@ -56,6 +58,11 @@ def planted_rank(table: pd.DataFrame, column: str, planted: Sequence[str]) -> in
         if any(w in normalise_name(name) for w in wanted):
             return rank
     return None
+
+
+def analysis_key(method: str, smooth_mm: float) -> str:
+    """The name of one ``regions`` analysis's files: ``ig``, or ``ig_s8`` smoothed at 8 mm."""
+    return method if smooth_mm == 0 else f"{method}_s{smooth_mm:g}"
 
 
 def _covariates(brain_run: BrainRun, split: str, names: Sequence[str],
@@ -86,6 +93,8 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     if permutations < 1:
         raise ValueError(f"--permutations must be ≥ 1; got {permutations}")
     started = time.perf_counter()
+    key = analysis_key(method, smooth_mm)
+    smoothed = f" smoothed at {smooth_mm:g} mm" if smooth_mm else ""
     brain_run = open_brain_run(out, device=device)
     run = brain_run.run
     folder = run.root / "regions"
@@ -122,14 +131,14 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
         paths = {}
         for name, volume in (("t", t_volume), ("fwe_neglog10p", neg_log_p),
                              ("t_thresholded", np.where(significant, t_volume, 0.0))):
-            path = folder / f"{modality}_{method}_{name}.nii.gz"
+            path = folder / f"{modality}_{key}_{name}.nii.gz"
             io.save_nifti(path, volume, affine)
             paths[name] = run.relative(path)
         for mode in ("glass", "slices"):
-            png = folder / f"{modality}_{method}_{mode}.png"
-            plot_map(folder / f"{modality}_{method}_t.nii.gz", png,
-                     title=f"{modality}: patients vs controls, {method} maps (t; FWE p < "
-                           f"{alpha} outlined by threshold)",
+            png = folder / f"{modality}_{key}_{mode}.png"
+            plot_map(folder / f"{modality}_{key}_t.nii.gz", png,
+                     title=f"{modality}: patients vs controls, {method} maps{smoothed} (t; "
+                           f"FWE p < {alpha} outlined by threshold)",
                      display_mode="ortho" if mode == "glass" else "z",
                      background=None if mode == "glass" else _anatomy(brain_run, modality),
                      threshold=_threshold(test, alpha))
@@ -174,10 +183,10 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                       1)
-    # Each method keeps its own tables; the run's top-level files are those of the latest.
-    io.write_text(folder / f"regions_{method}.csv", clusters_csv)
-    io.write_text(folder / f"regions_summary_{method}.csv", summary_csv)
-    io.write_json(folder / f"regions_{method}.json", report)
+    # Each method and smoothing keeps its own tables; the run's top-level files are the latest's.
+    io.write_text(folder / f"regions_{key}.csv", clusters_csv)
+    io.write_text(folder / f"regions_summary_{key}.csv", summary_csv)
+    io.write_json(folder / f"regions_{key}.json", report)
     io.write_text(run.root / "regions.csv", clusters_csv)
     io.write_text(folder / "regions_summary.csv", summary_csv)
     io.write_json(run.regions_summary, report)
