@@ -93,6 +93,20 @@ def test_every_claim_is_supported_on_a_sweep_built_to_support_it(sweep: Path) ->
     assert any("dccae" in label for label in four) and any("mmvae" in label for label in four)
 
 
+def test_a_new_sweep_table_removes_the_links_of_an_earlier_claims_call(sweep: Path) -> None:
+    """scores.csv and links.csv are committed as a pair; after the sweep rewrites scores.csv,
+    the links.csv of an earlier `mmssl claims` (other runs) must not stay beside it."""
+    from mmssl.analysis.sweeps import write_sweep_results
+
+    directory = SweepDir(sweep)
+    check_sweep(directory, permutations=10)
+    assert directory.links_table.is_file()
+    write_sweep_results(directory)
+    assert directory.scores.is_file() and not directory.links_table.exists()
+    check_sweep(directory, permutations=10)  # `mmssl claims` writes it again
+    assert directory.links_table.read_text().startswith("model,fold,seed,first")
+
+
 def test_committed_files_give_the_same_verdicts(sweep: Path, tmp_path: Path) -> None:
     """What `mmssl claims` writes beside the sweep is enough to decide the claims again."""
     directory = SweepDir(sweep)

@@ -4,11 +4,13 @@
 ``config.yaml`` and ``metrics.json``) and writes ``scores.csv`` (one row per run × split ×
 representation × metric, with the configuration hash and mmssl version), ``results.csv`` (mean,
 std, n per model), ``results.md`` (the headline table), ``accuracy.png`` and, when taxonomy
-models differ by one mode, ``mode_effects.json`` / ``mode_effects.png``.
+models differ by one mode, ``mode_effects.json`` / ``mode_effects.png``. A ``links.csv`` left
+by an earlier ``mmssl claims`` is removed: it described the runs of that call, not these.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from mmssl.analysis.tables import Table, results_table, summary_csv
 from mmssl.runs.rundir import SweepDir
 
 __all__ = ["SweepResults", "write_sweep_results"]
+
+log = logging.getLogger("mmssl")
 
 
 @dataclass
@@ -49,6 +53,12 @@ def write_sweep_results(sweep: SweepDir) -> SweepResults:
     columns = columns_of(scores)
     table = results_table(summary, columns, metric, f"Sweep {sweep.root}")
     io.write_text(sweep.scores, scores.to_csv(index=False, lineterminator="\n"))
+    if sweep.links_table.is_file():
+        # links.csv comes from `mmssl claims` over the runs of that call; beside a newer
+        # scores.csv it would describe other runs, and committing the pair would mix them.
+        sweep.links_table.unlink()
+        log.info("removed %s (it described the runs of an earlier `mmssl claims`); run "
+                 "`mmssl claims %s` to recompute it", sweep.links_table, sweep.root)
     io.write_text(sweep.results_csv, summary_csv(summary))
     io.write_text(sweep.results_markdown, table.to_markdown())
     figure = plot_scores(summary, columns, metric, sweep.figure)
