@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mmvae-k", type=int, default=None,
                         help="MMVAE's importance samples K in part 3 (default: the "
                         "configuration's, 30)")
+    parser.add_argument("--methods-memory-format", choices=MEMORY_FORMAT_CHOICES,
+                        default="auto",
+                        help="memory format of part 3's methods (default: auto, decided per "
+                        "method as a run's trainer.memory_format: auto decides it, cache "
+                        "included; contiguous: PyTorch's default layout for every method)")
     parser.add_argument("--skip-objectives", action="store_true", help="skip part 1")
     parser.add_argument("--skip-estimator", action="store_true", help="skip part 2")
     parser.add_argument("--skip-methods", action="store_true", help="skip part 3")
@@ -216,6 +221,7 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
         "time_ratio": "mask-based / estimator",
         "methods_dataset": args.dataset,
         "methods_input_shapes": {m: list(s) for m, s in dataset_inputs(args.dataset).items()},
+        "methods_memory_format": args.methods_memory_format,
     }
     harness.print_header(console, "mmssl throughput", meta,
                          f"batch {args.batch_size}  repeats {repeats} (+{warmup} warm-up)",
@@ -245,7 +251,7 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
     if not args.skip_methods:
         method_rows, notes = measure_methods(
             methods, args.batch_size, device, dataset=args.dataset, mmvae_k=args.mmvae_k,
-            warmup=warmup, repeats=repeats,
+            warmup=warmup, repeats=repeats, memory_format=args.methods_memory_format,
         )
         meta["methods_notes"] = notes
         print_table(console, methods_table(method_rows, args.batch_size, args.dataset))

@@ -6,6 +6,14 @@ shapes and classes from the dataset registry), the taxonomy twice (CR-XX-CC-RR a
 steps are timed in the same interleaved rounds: pairs/s, ms/step, trainable parameters, the
 FLOPs of a step and the slowdown against the fastest decoder-free row, so the cost of decoders
 (AE, DCCAE, RR-AE, MMVAE) is visible next to the decoder-free models.
+
+Each method trains in the memory layout a run of it would use: ``memory_format="auto"`` (the
+default) decides per method exactly as ``trainer.memory_format: auto`` does
+(:func:`mmssl.runs.performance.decide_memory_format`, the machine's cache included), and the
+row records the layout its model was laid out in and where the decision came from. The layout
+matters most where the work is convolutions on large batches: MMVAE decodes K·B samples per
+modality. ``contiguous`` gives every method PyTorch's default layout (the table of earlier
+versions).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from benchmarks.harness import count_flops, time_interleaved
 from benchmarks.workloads import TrainingStep, radam, random_batches, trainable_parameters
 from mmssl.analysis.tables import Table
 from mmssl.config import RunConfig, resolve
+from mmssl.data.base import to_memory_format
 from mmssl.data.registry import DATASETS, dataset_spec
 from mmssl.methods import METHODS, MMVAESettings, ObjectiveSettings
+from mmssl.runs.performance import apply_memory_format, decide_memory_format, model_memory_format
 
 __all__ = ["METHOD_ORDER", "QUICK_METHODS", "TAXONOMY_ROWS", "MethodRow", "all_methods",
            "benchmark_datasets", "dataset_inputs", "measure_methods", "method_configs",
@@ -55,6 +65,8 @@ class MethodRow:
     reference: str  # label of the fastest decoder-free row (the fastest row if none is)
     gflop_per_step: float  # matrix products and convolutions of one step, forward + backward
     gflop_per_s: float  # gflop_per_step / median step time: achieved, a lower bound
+    memory_format: str  # the layout the model's weights were in while timed
+    memory_format_source: str  # configured, measured or cached (decide_memory_format)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class BuiltMethod:
     parameters: int
     loss: float
     flops: int
+    memory_format: str
+    memory_format_source: str
 
 
 def all_methods() -> list[str]:
@@ -125,9 +139,13 @@ def cca_note(message: str, cca_labels: Sequence[str]) -> str:
 
 def measure_methods(
     names: Sequence[str], batch_size: int, device: torch.device, *, dataset: str,
-    mmvae_k: int | None, warmup: int, repeats: int,
+    mmvae_k: int | None, warmup: int, repeats: int, memory_format: str = "auto",
 ) -> tuple[list[MethodRow], list[str]]:
     """Build every method, check one step and count its FLOPs, then time all steps, interleaved.
+
+    ``memory_format`` (``auto``, ``channels_last`` or ``contiguous``) is resolved per method as
+    a run resolves ``trainer.memory_format``; the model and its batches are laid out in the
+    choice before anything is timed.
 
     Returns the rows and notes on suppressed warnings (DCCA's, for a batch ≤ its dimension + 1);
     any other warning is passed on.
@@ -137,6 +155,7 @@ def measure_methods(
     num_classes = spec.num_classes or 1
     batches = random_batches(input_shapes, batch_size, BATCH_POOL, device,
                              num_classes=num_classes)
+    laid_out = {"contiguous": batches}
     built: list[BuiltMethod] = []
     steps: dict[str, TrainingStep] = {}
     with warnings.catch_warnings(record=True) as caught:
@@ -145,12 +164,20 @@ def measure_methods(
             shapes = spec.input_shapes(config.data.settings, config.modalities)
             cls = METHODS[config.method]
             model = cls.from_config(config, shapes, num_classes).to(device).train()
-            steps[label] = TrainingStep(model, radam(model, config.optim), batches)
+            decision = decide_memory_format(memory_format, model, batch_size, device)
+            apply_memory_format(model, decision.choice)
+            if decision.choice not in laid_out:
+                laid_out[decision.choice] = [
+                    {k: to_memory_format(v, decision.choice) if k in input_shapes else v
+                     for k, v in batch.items()} for batch in batches]
+            steps[label] = TrainingStep(model, radam(model, config.optim),
+                                        laid_out[decision.choice])
             first_loss = float(steps[label]())  # untimed: builds lazy state, checks the loss
             flops = count_flops(steps[label])
             built.append(BuiltMethod(label, variant, config.method, cls.traits.has_decoders,
                                      "cca" in cls.sections, trainable_parameters(model),
-                                     first_loss, flops))
+                                     first_loss, flops, model_memory_format(model),
+                                     decision.source))
         timings = time_interleaved(steps, device, warmup=warmup, repeats=repeats)
     notes: list[str] = []
     cca_labels = [b.label for b in built if b.cca]
@@ -176,6 +203,7 @@ def measure_methods(
             step_ms=timings[b.label].median_ms, step_iqr_percent=timings[b.label].iqr_percent,
             slowdown=timings[b.label].median_ms / reference_ms, reference=reference,
             gflop_per_step=b.flops / 1e9, gflop_per_s=timings[b.label].rate(b.flops / 1e9),
+            memory_format=b.memory_format, memory_format_source=b.memory_format_source,
         )
         for b in built
     ], notes
@@ -186,10 +214,12 @@ def methods_table(rows: Sequence[MethodRow], batch_size: int, dataset: str) -> T
     reference = rows[0].reference if rows else "?"
     return Table(
         f"Training throughput per method ({dataset}, batch {batch_size}, median)",
-        ["method", "decoders", "params", "pairs/s", "ms/step", "IQR%", "GFLOP/step",
+        ["method", "decoders", "layout", "params", "pairs/s", "ms/step", "IQR%", "GFLOP/step",
          "GFLOP/s", f"× slower than {reference}"],
-        [[r.label, "yes" if r.decoders else "no", f"{r.parameters:,}", f"{r.pairs_per_s:,.0f}",
-          f"{r.step_ms:.2f}", f"{r.step_iqr_percent:.0f}", f"{r.gflop_per_step:.3g}",
-          f"{r.gflop_per_s:.3g}", f"{r.slowdown:.2f}×"] for r in rows],
-        text_columns=("method", "decoders"),
+        [[r.label, "yes" if r.decoders else "no",
+          f"{r.memory_format} ({r.memory_format_source})", f"{r.parameters:,}",
+          f"{r.pairs_per_s:,.0f}", f"{r.step_ms:.2f}", f"{r.step_iqr_percent:.0f}",
+          f"{r.gflop_per_step:.3g}", f"{r.gflop_per_s:.3g}", f"{r.slowdown:.2f}×"]
+         for r in rows],
+        text_columns=("method", "decoders", "layout"),
     )

@@ -171,6 +171,7 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
         "--quick", "--objectives", "CR,CR-XX-CC-RR", "--batch-size", "4", "--device", "cpu",
         "--threads", "1", "--repeats", "2", "--warmup", "1", "--est-batch-sizes", "4,8",
         "--est-locations", "16", "--methods", "ae,mmvae", "--mmvae-k", "2", "--json", str(out),
+        "--methods-memory-format", "channels_last",
         "--speedup-memory-format", "channels_last", "--speedup-batch-size", "4",
         "--speedup-est-batch", "32", "--speedup-est-locations", "128",
     ])
@@ -229,8 +230,12 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     methods = results["methods"]
     assert [row["label"] for row in methods] == ["ae", "mmvae K=2"]
     assert [(row["method"], row["variant"]) for row in methods] == [("ae", ""), ("mmvae", "K=2")]
+    assert results["meta"]["methods_memory_format"] == "channels_last"
     for row in methods:
         assert row["decoders"] is True and row["batch_size"] == 4
+        # The model really was laid out as asked (read back from its weights).
+        assert (row["memory_format"], row["memory_format_source"]) == ("channels_last",
+                                                                      "configured")
         assert isinstance(row["parameters"], int) and row["parameters"] > 0
         for key in ("loss", "pairs_per_s", "step_ms", "step_iqr_percent", "slowdown",
                     "gflop_per_step", "gflop_per_s"):
@@ -243,6 +248,35 @@ def test_quick_run_writes_expected_json_and_implementations_agree(tmp_path):
     assert reference in {"ae", "mmvae K=2"}
     assert all(row["reference"] == reference for row in methods)
     assert min(row["slowdown"] for row in methods) == 1.0
+
+
+@pytest.mark.parametrize("faster", ["channels_last", "contiguous"])
+def test_methods_part_trains_each_method_in_the_layout_a_run_would_choose(
+        faster, tmp_path, monkeypatch):
+    """Part 3 with ``auto`` decides the layout as ``trainer.memory_format: auto`` does (the
+    timing, the margin, the machine cache) and lays the model out in it before timing."""
+    from benchmarks import throughput_methods
+    from mmssl.runs import performance
+
+    monkeypatch.setenv("MMSSL_CACHE_DIR", str(tmp_path / "cache"))
+    timed: list[str] = []
+
+    def fake_timing(method, formats, batch_size, device, precision="32-true", **_):
+        timed.append(type(method).__name__)
+        return {f: (1.0 if f == faster else 10.0) for f in formats}
+
+    monkeypatch.setattr(performance, "time_memory_formats", fake_timing)
+    rows, _ = throughput_methods.measure_methods(
+        ["ae"], 4, torch.device("cpu"), dataset="two_view_mnist", mmvae_k=None, warmup=1,
+        repeats=1)
+    assert len(timed) == 1  # one measurement, of the one model
+    assert (rows[0].memory_format, rows[0].memory_format_source) == (faster, "measured")
+    # A second measurement of the same model reads the decision from the cache, as runs do.
+    rows, _ = throughput_methods.measure_methods(
+        ["ae"], 4, torch.device("cpu"), dataset="two_view_mnist", mmvae_k=None, warmup=1,
+        repeats=1)
+    assert len(timed) == 1
+    assert (rows[0].memory_format, rows[0].memory_format_source) == (faster, "cached")
 
 
 def test_throughput_rejects_bad_options(capsys):
