@@ -26,10 +26,15 @@ from typing import Any
 import torch
 
 from benchmarks.harness import count_flops, time_interleaved
-from benchmarks.workloads import TrainingStep, radam, random_batches, trainable_parameters
+from benchmarks.workloads import (
+    TrainingStep,
+    formatted_batches,
+    radam,
+    random_batches,
+    trainable_parameters,
+)
 from mmssl.analysis.tables import Table
 from mmssl.config import RunConfig, resolve
-from mmssl.data.base import to_memory_format
 from mmssl.data.registry import DATASETS, dataset_spec
 from mmssl.methods import METHODS, MMVAESettings, ObjectiveSettings
 from mmssl.runs.performance import apply_memory_format, decide_memory_format, model_memory_format
@@ -167,9 +172,7 @@ def measure_methods(
             decision = decide_memory_format(memory_format, model, batch_size, device)
             apply_memory_format(model, decision.choice)
             if decision.choice not in laid_out:
-                laid_out[decision.choice] = [
-                    {k: to_memory_format(v, decision.choice) if k in input_shapes else v
-                     for k, v in batch.items()} for batch in batches]
+                laid_out[decision.choice] = formatted_batches(batches, decision.choice)
             steps[label] = TrainingStep(model, radam(model, config.optim),
                                         laid_out[decision.choice])
             first_loss = float(steps[label]())  # untimed: builds lazy state, checks the loss

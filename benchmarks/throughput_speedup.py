@@ -28,7 +28,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +44,8 @@ from benchmarks.harness import (
 )
 from benchmarks.throughput_estimator import HEAD_DIM, forward_backward
 from benchmarks.throughput_objectives import BATCH_POOL, PAPER_DATASET, PAPER_TAP, paper_inputs
-from benchmarks.workloads import TrainingStep, radam, random_batches
+from benchmarks.workloads import TrainingStep, formatted_batches, radam, random_batches
 from mmssl.analysis.tables import Table
-from mmssl.data.base import to_memory_format
 from mmssl.data.registry import dataset_spec
 from mmssl.errors import ConfigError
 from mmssl.methods import TaxonomyMethod
@@ -111,12 +110,6 @@ def _method(objective: str, estimator: str, device: torch.device) -> TaxonomyMet
     return method.to(device).train()
 
 
-def _formatted(batches: Sequence[Mapping[str, Tensor]], memory_format: str
-               ) -> list[dict[str, Tensor]]:
-    return [{k: to_memory_format(v, memory_format) for k, v in batch.items()}
-            for batch in batches]
-
-
 @dataclass
 class _StepCandidate:
     """A training step of one variant, built in its own process (see :func:`build_step`)."""
@@ -149,7 +142,7 @@ def build_step(variant: str, objective: str, batch_size: int, device: str,
         decision = decide_memory_format(memory_format, method, batch_size, where)
         apply_memory_format(method, decision.choice)
         choice, source = decision.choice, decision.source
-    batches = _formatted(random_batches(
+    batches = formatted_batches(random_batches(
         paper_inputs(), batch_size, BATCH_POOL, where,
         num_classes=dataset_spec(PAPER_DATASET).num_classes or 1), choice)
     with torch.no_grad():

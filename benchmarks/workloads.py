@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from mmssl.data.base import to_memory_format
 from mmssl.methods import OptimSettings
 
-__all__ = ["LossModel", "TrainingStep", "radam", "random_batches", "trainable_parameters"]
+__all__ = ["LossModel", "TrainingStep", "formatted_batches", "radam", "random_batches",
+           "trainable_parameters"]
 
 
 class LossModel(Protocol):
@@ -68,6 +70,14 @@ def random_batches(
         batch["label"] = torch.randint(num_classes, (batch_size,), generator=generator)
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
+
+
+def formatted_batches(batches: Sequence[Mapping[str, Tensor]], memory_format: str
+                      ) -> list[dict[str, Tensor]]:
+    """``batches`` with every 4-D/5-D tensor in ``memory_format``
+    (:func:`mmssl.data.base.to_memory_format`; labels and other ranks unchanged)."""
+    return [{k: to_memory_format(v, memory_format) for k, v in batch.items()}
+            for batch in batches]
 
 
 @dataclass
