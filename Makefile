@@ -31,7 +31,7 @@ test-slow: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check mmssl tests benchmarks examples
-	$(VENV)/bin/mypy mmssl
+	$(VENV)/bin/mypy mmssl benchmarks
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.throughput

@@ -199,7 +199,10 @@ class Candidate(Protocol):
     """What a process-separated candidate's factory returns: called once per timed call;
     ``info`` (plain values) goes back to the parent once, when the candidate is ready."""
 
-    info: Mapping[str, Any]
+    @property
+    def info(self) -> Mapping[str, Any]:
+        """Plain values reported to the parent once (read-only, so a ``dict`` field conforms)."""
+        ...
 
     def __call__(self) -> object:
         ...

@@ -266,10 +266,9 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
     memory_rows: list[EstimatorMemoryRow] = []
     if not args.skip_speedup:
         for name in SPEEDUP_OBJECTIVES:
-            row = measure_speedup(name, args.speedup_batch_size, device,
-                                  memory_format=args.speedup_memory_format, warmup=warmup,
-                                  repeats=repeats)
-            speedup_rows.append(row)
+            speedup_rows.append(measure_speedup(
+                name, args.speedup_batch_size, device,
+                memory_format=args.speedup_memory_format, warmup=warmup, repeats=repeats))
         print_table(console, speedup_table(speedup_rows))
         memory_rows.append(estimator_memory(args.speedup_est_batch, args.speedup_est_locations,
                                             device))
@@ -284,9 +283,10 @@ def run(args: argparse.Namespace, options: RunOptions) -> dict[str, Any]:
             compile_rows.append(measure_compile(name, args.speedup_batch_size, device,
                                                 warmup=warmup, repeats=repeats))
         print_table(console, compile_table(compile_rows))
-        for row in compile_rows:
-            if not row.available:
-                console.print(f"[yellow]note[/yellow]: torch.compile unavailable: {row.detail}")
+        for compile_row in compile_rows:
+            if not compile_row.available:
+                console.print("[yellow]note[/yellow]: torch.compile unavailable: "
+                              f"{compile_row.detail}")
 
     return harness.finish_run(console, meta, {
         "objectives": [asdict(r) for r in objective_rows],

@@ -28,7 +28,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +183,7 @@ def measure_speedup(
     )
 
 
-def _infonce_of(estimator: str):  # noqa: ANN202 - a small closure
+def _infonce_of(estimator: str) -> Callable[[Tensor, Tensor], InfoNCEResult]:
     def run(anchors: Tensor, candidates: Tensor) -> InfoNCEResult:
         return infonce(anchors, candidates, estimator=estimator)  # type: ignore[arg-type]
     return run
@@ -201,8 +201,8 @@ def estimator_memory(batch: int, locations: int, device: torch.device, *,
     for name in ("dense", "lean"):
         fn = _infonce_of(name)
         forward_backward(fn, anchors, candidates)  # warm-up: lazy allocations, kernels
-        peak[name] = peak_memory_bytes(lambda fn=fn: forward_backward(fn, anchors, candidates),
-                                       device)
+        peak[name] = peak_memory_bytes(
+            functools.partial(forward_backward, fn, anchors, candidates), device)
 
         def forward(fn=fn) -> tuple[Tensor, Tensor]:
             result = fn(anchors, candidates)
