@@ -15,6 +15,7 @@ from scipy import stats as sps
 from mmssl.evaluation.stats import (
     Alternative,
     Comparison,
+    _t_power_at,
     adjust_holm,
     anova_f_power,
     block_permutation_attainable_level,
@@ -337,6 +338,23 @@ def test_mde_inverts_power(sd: float, n: int, alpha: float, alternative: str) ->
     assert paired_t_power(signed, sd, n, alpha, alternative) == pytest.approx(  # type: ignore
         0.8, abs=1e-8)
     assert minimum_detectable_effect(sd, 2 * n, alpha, 0.8, alternative) < mde  # type: ignore
+
+
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+def test_power_stays_finite_where_scipy_nctdtr_returns_nan(alternative: str) -> None:
+    """scipy's noncentral t cdf is nan deep in a tail (ν = 14, λ = 10, x ≈ −3.27): found by a
+    two-sided comparison of 9 columns at n = 15, whose MDE search stepped there and crashed."""
+    for df in (1, 4, 14, 59):
+        for noncentrality in (0.0, 3.0, 6.76, 10.0, 40.0, 80.0):
+            for alpha in (0.05, 0.0055, 1e-4):
+                sign = -1.0 if alternative == "less" else 1.0
+                power = _t_power_at(sign * noncentrality, df, alpha, alternative)
+                assert 0.0 <= power <= 1.0 + 1e-12, (df, noncentrality, alpha)
+    level = 2 * sign_flip_attainable_level(15, 0.05 / 9 / 2, 10000)
+    mde = minimum_detectable_effect(1.0, 15, level, 0.8, alternative)  # type: ignore[arg-type]
+    signed = -mde if alternative == "less" else mde
+    assert paired_t_power(signed, 1.0, 15, level, alternative) == pytest.approx(  # type: ignore
+        0.8, abs=1e-8)
 
 
 def test_mde_degenerate() -> None:

@@ -13,7 +13,7 @@ which is how ``REPRODUCTION.md`` is generated and checked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ import pandas as pd
 from mmssl import io
 from mmssl.analysis.aggregate import columns_of, headline_metric, summarise
 from mmssl.analysis.claim_rules import ModelInfo, Verdict, evaluate_claims
+from mmssl.analysis.comparisons import ModelPair, compare_models, comparisons_table
 from mmssl.analysis.records import RunRecord, load_records, model_info, read_scores, scores_frame
 from mmssl.analysis.tables import Table, results_table
 from mmssl.analysis.verdicts import LINK_COLUMNS
 from mmssl.errors import RunDirError
 from mmssl.evaluation.links import reduced_cca_links
+from mmssl.evaluation.stats import Comparison
 from mmssl.methods import METHODS, method_class
 from mmssl.objectives.taxonomy import Objective, ObjectiveError
 from mmssl.runs.evaluation import read_features, read_presence
@@ -47,6 +49,8 @@ class ClaimsReport:
     alpha: float
     #: the long scores table the verdicts were decided on
     scores: pd.DataFrame | None = None
+    #: the paired comparisons asked for beside the claims (``--compare A:B``)
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
 def link_row(record: RunRecord, *, permutations: int = 100,
@@ -95,20 +99,23 @@ def model_infos_from_scores(scores: pd.DataFrame) -> dict[str, ModelInfo]:
 
 
 def _decide(scores: pd.DataFrame, models: dict[str, ModelInfo], links: pd.DataFrame | None,
-            *, alpha: float, seed: int) -> ClaimsReport:
+            *, alpha: float, seed: int, compare: Sequence[ModelPair] = ()) -> ClaimsReport:
+    comparisons = compare_models(scores, compare, alpha=alpha, seed=seed)
     verdicts = evaluate_claims(scores, models, links, alpha=alpha, seed=seed)
     runs = scores[["model", "fold", "seed"]].drop_duplicates()
     return ClaimsReport(verdicts, headline_metric(scores), len(runs),
-                        list(dict.fromkeys(scores["model"])), alpha, scores)
+                        list(dict.fromkeys(scores["model"])), alpha, scores, comparisons)
 
 
 def check_sweep(sweep: SweepDir, *, permutations: int = 100, alpha: float = 0.05,
-                seed: int = 0, all_runs: bool = False) -> ClaimsReport:
+                seed: int = 0, all_runs: bool = False,
+                compare: Sequence[ModelPair] = ()) -> ClaimsReport:
     """Decide the claims on a sweep's evaluated runs; writes ``scores.csv`` and ``links.csv``.
 
     By default only the runs the last ``mmssl sweep`` command of the folder requested; with
     ``all_runs`` every evaluated run its plan lists (sweeps added to one folder in steps, e.g.
-    some models on three seeds and others on one).
+    some models on three seeds and others on one). ``compare``: pairs of models compared beside
+    the claims (:func:`~mmssl.analysis.comparisons.compare_models`).
     """
     records = load_records(sweep, requested_only=not all_runs)
     scores = scores_frame(records)
@@ -116,17 +123,20 @@ def check_sweep(sweep: SweepDir, *, permutations: int = 100, alpha: float = 0.05
     io.write_text(sweep.scores, scores.to_csv(index=False, lineterminator="\n"))
     io.write_text(sweep.links_table, links.to_csv(index=False, lineterminator="\n"))
     models = {r.model: model_info(r.config) for r in records}
-    return _decide(scores, models, links if len(links) else None, alpha=alpha, seed=seed)
+    return _decide(scores, models, links if len(links) else None, alpha=alpha, seed=seed,
+                   compare=compare)
 
 
 def claims_from_files(scores: Sequence[Path], links: Sequence[Path] = (), *,
                       alpha: float = 0.05, seed: int = 0, models: Sequence[str] = (),
-                      seeds: Sequence[int] = ()) -> ClaimsReport:
+                      seeds: Sequence[int] = (),
+                      compare: Sequence[ModelPair] = ()) -> ClaimsReport:
     """Decide the claims from committed scores files (and links files), no run directories.
 
     ``models`` and ``seeds``, when given, keep only those models and those seeds' runs (of the
     scores and the links alike), so that one committed file can hold a whole sweep and each
-    generated block choose, say, the models run on every seed.
+    generated block choose, say, the models run on every seed. ``compare``: pairs of models
+    compared beside the claims, on the selected runs.
 
     Raises:
         RunDirError: no scores file, a links file without the link columns, a named model or
@@ -160,7 +170,8 @@ def claims_from_files(scores: Sequence[Path], links: Sequence[Path] = (), *,
     frame = frame.reset_index(drop=True)
     if link_table is not None:
         link_table = link_table.reset_index(drop=True)
-    return _decide(frame, model_infos_from_scores(frame), link_table, alpha=alpha, seed=seed)
+    return _decide(frame, model_infos_from_scores(frame), link_table, alpha=alpha, seed=seed,
+                   compare=compare)
 
 
 def claims_table(report: ClaimsReport, title: str) -> Table:
@@ -176,7 +187,8 @@ def claims_table(report: ClaimsReport, title: str) -> Table:
 def claims_markdown(report: ClaimsReport, title: str, *, heading: str = "#",
                     results: bool = False) -> str:
     """The verdicts as Markdown: (with ``results``) the mean ± std test scores per model, the
-    verdict table, then each comparison. ``heading`` is the Markdown level of the title."""
+    verdict table, each comparison, then the paired comparisons asked for (``--compare``).
+    ``heading`` is the Markdown level of the title."""
     lines = [f"{heading} {title}", ""]
     if results and report.scores is not None:
         frame = report.scores
@@ -188,13 +200,17 @@ def claims_markdown(report: ClaimsReport, title: str, *, heading: str = "#",
             lines.append(f"**Claim {verdict.claim_id}** — " + "; ".join(
                 f"{c.label} ({c.column}): {c}" for c in verdict.comparisons))
             lines.append("")
+    if report.comparisons:
+        lines += ["**Paired comparisons**", "",
+                  comparisons_table(report.comparisons, report.alpha, report.metric).to_markdown()]
     return "\n".join(lines)
 
 
 def write_claims(sweep: SweepDir, report: ClaimsReport) -> tuple[Path, Path]:
     """``claims.json`` and ``claims.md`` in the sweep directory, written atomically."""
     payload = {"metric": report.metric, "runs": report.runs, "models": report.models,
-               "alpha": report.alpha, "claims": [asdict(v) for v in report.verdicts]}
+               "alpha": report.alpha, "claims": [asdict(v) for v in report.verdicts],
+               "comparisons": [asdict(c) for c in report.comparisons]}
     io.write_json(sweep.claims_json, payload)
     io.write_text(sweep.claims_markdown,
                   claims_markdown(report, f"The paper's claims on {sweep.root.name}"))

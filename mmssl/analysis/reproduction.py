@@ -8,8 +8,9 @@ table of scores and verdicts sits in a *generated block*::
     <!-- END mmssl claims -->
 
 The arguments after ``BEGIN mmssl claims`` are those of ``mmssl claims`` (``--scores`` and
-``--links`` repeatable, ``--alpha``, ``--title``, and ``--models``/``--seeds``, comma-separated,
-to decide from part of the files), with paths relative to the document's folder.
+``--links`` repeatable, ``--alpha``, ``--title``, ``--models``/``--seeds``, comma-separated,
+to decide from part of the files, and ``--compare A:B``, repeatable, for paired comparisons
+beside the claims), with paths relative to the document's folder.
 :func:`refresh_document` recomputes every block from the files it names
 (:func:`~mmssl.analysis.claims.claims_from_files`: the mean ± std test scores per model, the
 verdicts with p-values, intervals and the number of paired runs) and rewrites the document
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from mmssl import io
 from mmssl.analysis.claims import claims_from_files, claims_markdown
-from mmssl.errors import ConfigError
+from mmssl.analysis.comparisons import ModelPair, parse_pairs
+from mmssl.errors import ConfigError, RunDirError
 
 __all__ = ["BLOCK", "BlockSpec", "parse_block_arguments", "refresh_document", "render_block"]
 
@@ -45,6 +47,7 @@ class BlockSpec:
     title: str = "The paper's claims"
     models: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    compare: tuple[ModelPair, ...] = ()
 
 
 def parse_block_arguments(text: str, where: str) -> BlockSpec:
@@ -64,13 +67,15 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
     alpha, title = 0.05, BlockSpec.title
     models: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    compare: list[str] = []
     position = 0
     while position < len(words):
         flag = words[position]
-        if flag not in ("--scores", "--links", "--alpha", "--title", "--models", "--seeds"):
+        if flag not in ("--scores", "--links", "--alpha", "--title", "--models", "--seeds",
+                        "--compare"):
             raise ConfigError(f"{where}: unknown argument {flag!r}; a generated block takes "
                               "--scores FILE (repeatable), --links FILE, --alpha A, --title T, "
-                              "--models M1,M2, --seeds S1,S2")
+                              "--models M1,M2, --seeds S1,S2, --compare A:B (repeatable)")
         if position + 1 >= len(words):
             raise ConfigError(f"{where}: {flag} needs a value")
         value = words[position + 1]
@@ -80,6 +85,8 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
             links.append(value)
         elif flag == "--title":
             title = value
+        elif flag == "--compare":
+            compare.append(value)
         elif flag == "--models":
             models = tuple(m.strip() for m in value.split(",") if m.strip())
         elif flag == "--seeds":
@@ -96,13 +103,18 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
         position += 2
     if not scores:
         raise ConfigError(f"{where}: a generated block needs at least one --scores FILE")
-    return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds)
+    try:
+        pairs = parse_pairs(compare)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds, pairs)
 
 
 def render_block(spec: BlockSpec, base: Path) -> str:
     """The body of a block: results table, verdicts and comparisons, from the named files."""
     report = claims_from_files([base / p for p in spec.scores], [base / p for p in spec.links],
-                               alpha=spec.alpha, models=spec.models, seeds=spec.seeds)
+                               alpha=spec.alpha, models=spec.models, seeds=spec.seeds,
+                               compare=spec.compare)
     sources = ", ".join(f"`{p}`" for p in (*spec.scores, *spec.links))
     text = claims_markdown(report, spec.title, heading="####", results=True)
     return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n"
@@ -126,8 +138,12 @@ def refresh_document(path: Path, *, check: bool = False) -> list[str]:
     pieces: list[str] = []
     last = 0
     for number, block in enumerate(blocks, start=1):
-        spec = parse_block_arguments(block["args"], f"{path}, generated block {number}")
-        body = render_block(spec, Path(path).parent)
+        where = f"{path}, generated block {number}"
+        spec = parse_block_arguments(block["args"], where)
+        try:
+            body = render_block(spec, Path(path).parent)
+        except (ConfigError, RunDirError) as error:   # e.g. a model or file it names is absent
+            raise type(error)(f"{where} ({spec.title!r}): {error}") from None
         if body != block["body"]:
             changed.append(spec.title)
         pieces += [text[last:block.start()], block["open"], body, block["close"]]

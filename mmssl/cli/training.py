@@ -106,6 +106,7 @@ def cmd_claims(args: Any) -> int:
         claims_table,
         write_claims,
     )
+    from mmssl.analysis.comparisons import comparisons_table, parse_pairs
     from mmssl.runs.rundir import SweepDir
 
     if args.refresh or args.check:
@@ -124,6 +125,7 @@ def cmd_claims(args: Any) -> int:
         return 0
     if (args.models or args.seeds) and not args.scores:
         raise ConfigError("--models and --seeds select from committed files: give --scores FILE")
+    pairs = parse_pairs(args.compare)
     if args.scores:
         seeds = int_list(args.seeds, "--seeds")
         if isinstance(seeds, str):
@@ -131,18 +133,20 @@ def cmd_claims(args: Any) -> int:
                               "for every seed")
         report = claims_from_files([Path(p) for p in args.scores],
                                    [Path(p) for p in args.links or []], alpha=args.alpha,
-                                   models=names(args.models), seeds=seeds)
+                                   models=names(args.models), seeds=seeds, compare=pairs)
         title = "The paper's claims on " + ", ".join(Path(p).name for p in args.scores)
     else:
         if not args.sweep_dir:
             raise ConfigError("give a sweep directory, or --scores FILE [--links FILE]")
         sweep = SweepDir(Path(args.sweep_dir))
         report = check_sweep(sweep, permutations=args.permutations, alpha=args.alpha,
-                             all_runs=args.all_runs)
+                             all_runs=args.all_runs, compare=pairs)
         json_path, md_path = write_claims(sweep, report)
         title = f"The paper's claims on {args.sweep_dir}"
         console.print(f"claims: {md_path} and {json_path}", soft_wrap=True)
     print_table(claims_table(report, title))
+    if report.comparisons:
+        print_table(comparisons_table(report.comparisons, report.alpha, report.metric))
     if args.markdown:
         io.write_text(Path(args.markdown), claims_markdown(report, title))
         console.print(f"markdown: {args.markdown}", soft_wrap=True)
@@ -213,6 +217,9 @@ def claims_parser(parser: ArgumentParser) -> None:
                         help="with --scores: decide from these models only (comma-separated)")
     parser.add_argument("--seeds", type=str | None, default=None,
                         help="with --scores: decide from these seeds' runs only, e.g. 1")
+    parser.add_argument("--compare", type=str, action="append", default=None,
+                        help="also compare two models, paired over runs, two-sided: A:B for "
+                             "A − B, e.g. dccae:ae (repeatable, or comma-separated)")
     parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
     parser.add_argument("--permutations", type=int, default=100,
                         help="permutations of the held-out link p-values")

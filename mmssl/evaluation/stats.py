@@ -363,16 +363,32 @@ def _check_power_args(sd: float, n: int, alpha: float) -> None:
         raise ValueError(f"n must be non-negative; got {n}")
 
 
+def _nct_cdf(df: int, noncentrality: float, x: float) -> float:
+    """The noncentral t distribution function, finite where scipy's ``nctdtr`` returns nan.
+
+    ``nctdtr`` gives nan deep in a tail for some arguments (e.g. ν = 14, λ = 10, x = −3.27,
+    where the value is below 1e-20); there the reflection F_{ν,λ}(x) = 1 − F_{ν,−λ}(−x) is
+    used, and where that fails too, the side of the distribution x lies on (0 or 1).
+    """
+    value = float(special.nctdtr(df, noncentrality, x))
+    if math.isfinite(value):
+        return value
+    reflected = 1.0 - float(special.nctdtr(df, -noncentrality, -x))
+    if math.isfinite(reflected):
+        return min(1.0, max(0.0, reflected))
+    return 0.0 if x < noncentrality else 1.0
+
+
 def _t_power_at(noncentrality: float, df: int, alpha: float, alternative: str) -> float:
     """Power of the t test on ``df`` degrees of freedom at noncentrality λ = δ√n/σ."""
     if alternative == "two-sided":
         critical = float(special.stdtrit(df, 1 - alpha / 2))
-        return float(1 - special.nctdtr(df, noncentrality, critical)
-                     + special.nctdtr(df, noncentrality, -critical))
+        return (1 - _nct_cdf(df, noncentrality, critical)
+                + _nct_cdf(df, noncentrality, -critical))
     critical = float(special.stdtrit(df, 1 - alpha))
     if alternative == "greater":
-        return float(1 - special.nctdtr(df, noncentrality, critical))
-    return float(special.nctdtr(df, noncentrality, -critical))
+        return 1 - _nct_cdf(df, noncentrality, critical)
+    return _nct_cdf(df, noncentrality, -critical)
 
 
 def paired_t_power(effect: float, sd: float, n: int, alpha: float,
