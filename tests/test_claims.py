@@ -147,6 +147,9 @@ def test_command_line_on_a_sweep_and_on_committed_files(sweep: Path, tmp_path: P
     assert "supported" in printed and "claims.md" in printed
     payload = json.loads((sweep / "claims.json").read_text())
     assert [c["claim_id"] for c in payload["claims"]] == [1, 2, 3, 4, 5]
+    figure = sweep / "claims.png"               # the forest plot, shown by claims.md
+    assert figure.read_bytes().startswith(b"\x89PNG") and figure.stat().st_size > 10_000
+    assert "![The evidence" in (sweep / "claims.md").read_text()
     markdown = tmp_path / "claims.md"
     assert main(["claims", "--scores", str(sweep / "scores.csv"), "--links",
                  str(sweep / "links.csv"), "--markdown", str(markdown)]) == 0

@@ -154,14 +154,28 @@ def test_command_line_and_generated_block(tmp_path: Path, monkeypatch: pytest.Mo
     spec = parse_block_arguments("--scores results/scores.csv --compare dccae:ae "
                                  "--compare XX:dccae", "DOC.md, generated block 1")
     assert spec.compare == (ModelPair("dccae", "ae"), ModelPair("XX", "dccae"))
+    with pytest.raises(ConfigError, match="--figure names a PNG file"):
+        parse_block_arguments("--scores a.csv --figure a.svg", "DOC.md, generated block 1")
     with pytest.raises(ConfigError, match="generated block 1: --compare expects .* got 'x'"):
         parse_block_arguments("--scores a.csv --compare x", "DOC.md, generated block 1")
     document = Path("R.md")
     document.write_text("<!-- BEGIN mmssl claims --scores results/scores.csv --compare dccae:ae "
-                        "-->\n<!-- END mmssl claims -->\n")
+                        "--figure results/evidence.png -->\n<!-- END mmssl claims -->\n")
     assert main(["claims", "--refresh", "R.md"]) == 0
     assert "| dccae − ae | joint |" in document.read_text()
+    assert "](results/evidence.png)" in document.read_text()
+    figure = Path("results/evidence.png")
+    assert figure.read_bytes().startswith(b"\x89PNG")
     assert main(["claims", "--check", "R.md"]) == 0
+    drawn = figure.stat().st_mtime_ns
+    assert main(["claims", "--refresh", "R.md"]) == 0   # text unchanged: figure left alone
+    assert figure.stat().st_mtime_ns == drawn
+    figure.unlink()                                      # a block without its figure is stale
+    assert main(["claims", "--check", "R.md"]) == 1
+    assert main(["claims", "--refresh", "R.md"]) == 0 and figure.is_file()
+    assert main(["claims", "--scores", "results/scores.csv", "--compare", "dccae:ae",
+                 "--figure", "mine.png"]) == 0
+    assert Path("mine.png").read_bytes().startswith(b"\x89PNG")
     document.write_text("<!-- BEGIN mmssl claims --scores results/scores.csv --compare mmvae:ae "
                         "-->\n<!-- END mmssl claims -->\n")
     assert main(["claims", "--refresh", "R.md"]) == 2

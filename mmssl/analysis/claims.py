@@ -24,6 +24,7 @@ from mmssl import io
 from mmssl.analysis.aggregate import columns_of, headline_metric, summarise
 from mmssl.analysis.claim_rules import ModelInfo, Verdict, evaluate_claims
 from mmssl.analysis.comparisons import ModelPair, compare_models, comparisons_table
+from mmssl.analysis.figures import comparisons_figure
 from mmssl.analysis.records import RunRecord, load_records, model_info, read_scores, scores_frame
 from mmssl.analysis.tables import Table, results_table
 from mmssl.analysis.verdicts import LINK_COLUMNS
@@ -35,8 +36,9 @@ from mmssl.objectives.taxonomy import Objective, ObjectiveError
 from mmssl.runs.evaluation import read_features, read_presence
 from mmssl.runs.rundir import SweepDir
 
-__all__ = ["LINK_COLUMNS", "ClaimsReport", "check_sweep", "claims_from_files", "claims_markdown",
-           "claims_table", "link_row", "links_frame", "model_infos_from_scores", "write_claims"]
+__all__ = ["LINK_COLUMNS", "ClaimsReport", "check_sweep", "claims_figure", "claims_from_files",
+           "claims_markdown", "claims_table", "link_row", "links_frame", "model_infos_from_scores",
+           "write_claims"]
 
 @dataclass
 class ClaimsReport:
@@ -206,12 +208,27 @@ def claims_markdown(report: ClaimsReport, title: str, *, heading: str = "#",
     return "\n".join(lines)
 
 
+def claims_figure(report: ClaimsReport, path: Path, title: str = "") -> Path | None:
+    """The evidence as a forest plot (:func:`~mmssl.analysis.figures.comparisons_figure`): each
+    claim's comparisons under its verdict, then the paired comparisons asked for; ``None``
+    when no claim could be tested and none was asked for."""
+    groups = [(f"Claim {v.claim_id}, {v.title}: {v.status}", v.comparisons)
+              for v in report.verdicts]
+    groups.append(("Paired comparisons (two-sided)", report.comparisons))
+    return comparisons_figure(groups, report.alpha, path, title=title)
+
+
 def write_claims(sweep: SweepDir, report: ClaimsReport) -> tuple[Path, Path]:
-    """``claims.json`` and ``claims.md`` in the sweep directory, written atomically."""
+    """``claims.json``, ``claims.md`` and (when anything was tested) the forest plot
+    ``claims.png`` in the sweep directory, written atomically."""
     payload = {"metric": report.metric, "runs": report.runs, "models": report.models,
                "alpha": report.alpha, "claims": [asdict(v) for v in report.verdicts],
                "comparisons": [asdict(c) for c in report.comparisons]}
     io.write_json(sweep.claims_json, payload)
-    io.write_text(sweep.claims_markdown,
-                  claims_markdown(report, f"The paper's claims on {sweep.root.name}"))
+    title = f"The paper's claims on {sweep.root.name}"
+    figure = claims_figure(report, sweep.claims_markdown.with_suffix(".png"), title)
+    text = claims_markdown(report, title)
+    if figure is not None:
+        text += f"\n![The evidence: each comparison with its 95 % interval]({figure.name})\n"
+    io.write_text(sweep.claims_markdown, text)
     return sweep.claims_json, sweep.claims_markdown

@@ -1,4 +1,5 @@
-"""Figures of runs and sweeps: scores per model, mode effects, every run, curves, t-SNE.
+"""Figures of runs and sweeps: scores per model, mode effects, every run, the evidence of the
+claims, curves, t-SNE.
 
 Each function takes plain data (tables, arrays), draws with matplotlib on the Agg backend and
 writes a PNG atomically (:func:`mmssl.io.save_figure`); it returns the path, or ``None`` when
@@ -14,9 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmssl.evaluation.stats import Comparison
 from mmssl.io import save_figure
 
-__all__ = ["fold_scores", "plot_mode_effects", "plot_scores", "training_curves", "tsne_figure"]
+__all__ = ["comparisons_figure", "fold_scores", "plot_mode_effects", "plot_scores",
+           "training_curves", "tsne_figure"]
 
 
 def _plt() -> Any:
@@ -110,6 +113,48 @@ def fold_scores(scores: pd.DataFrame, metric: str, path: Path) -> Path | None:
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def comparisons_figure(groups: Sequence[tuple[str, Sequence[Comparison]]], alpha: float,
+                       path: Path, *, title: str = "") -> Path | None:
+    """Forest plot of tested comparisons: one row per comparison (its label and column), the
+    mean paired difference as a point and its 95 % interval as a bar, filled where the
+    Holm-adjusted p ≤ α and hollow where not; rows grouped under their heading (a claim and its
+    verdict, or the paired comparisons asked for), a line at 0. ``None`` without any row."""
+    groups = [(heading, list(rows)) for heading, rows in groups if rows]
+    if not groups:
+        return None
+    plt = _plt()
+    count = sum(len(rows) + 1 for _, rows in groups)
+    fig, ax = plt.subplots(figsize=(8.0, 0.26 * count + 1.3), dpi=120)
+    y, ticks, labels, headings = count, [], [], []
+    for k, (heading, rows) in enumerate(groups):
+        ticks.append(y)
+        labels.append(heading)
+        headings.append(len(labels) - 1)
+        ax.axhline(y, color="0.85", lw=0.6)
+        y -= 1
+        for row in rows:
+            significant = row.significant(alpha)
+            if not (np.isnan(row.ci_low) or np.isnan(row.ci_high)):
+                ax.plot([row.ci_low, row.ci_high], [y, y], color=f"C{k}", lw=1.6)
+            ax.plot([row.mean], [y], "o", color=f"C{k}", ms=5,
+                    markerfacecolor=f"C{k}" if significant else "white")
+            ticks.append(y)
+            labels.append(f"{row.label} ({row.column}), n={row.n}")
+            y -= 1
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.set_yticks(ticks, labels, fontsize=7)
+    for index in headings:
+        ax.get_yticklabels()[index].set_fontweight("bold")
+    ax.set_ylim(0.3, count + 0.7)
+    ax.set_xlabel(f"mean paired difference, 95 % interval (filled: Holm p ≤ {alpha:g})",
+                  fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, metadata={"Software": None})
 
 
 def training_curves(curves: pd.DataFrame, path: Path) -> Path | None:

@@ -9,8 +9,9 @@ table of scores and verdicts sits in a *generated block*::
 
 The arguments after ``BEGIN mmssl claims`` are those of ``mmssl claims`` (``--scores`` and
 ``--links`` repeatable, ``--alpha``, ``--title``, ``--models``/``--seeds``, comma-separated,
-to decide from part of the files, and ``--compare A:B``, repeatable, for paired comparisons
-beside the claims), with paths relative to the document's folder.
+to decide from part of the files, ``--compare A:B``, repeatable, for paired comparisons
+beside the claims, and ``--figure PNG`` for a forest plot of the evidence, which the block then
+shows), with paths relative to the document's folder.
 :func:`refresh_document` recomputes every block from the files it names
 (:func:`~mmssl.analysis.claims.claims_from_files`: the mean ± std test scores per model, the
 verdicts with p-values, intervals and the number of paired runs) and rewrites the document
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmssl import io
-from mmssl.analysis.claims import claims_from_files, claims_markdown
+from mmssl.analysis.claims import ClaimsReport, claims_figure, claims_from_files, claims_markdown
 from mmssl.analysis.comparisons import ModelPair, parse_pairs
 from mmssl.errors import ConfigError, RunDirError
 
@@ -48,6 +49,7 @@ class BlockSpec:
     models: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
     compare: tuple[ModelPair, ...] = ()
+    figure: str | None = None
 
 
 def parse_block_arguments(text: str, where: str) -> BlockSpec:
@@ -68,14 +70,16 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
     models: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
     compare: list[str] = []
+    figure: str | None = None
     position = 0
     while position < len(words):
         flag = words[position]
         if flag not in ("--scores", "--links", "--alpha", "--title", "--models", "--seeds",
-                        "--compare"):
+                        "--compare", "--figure"):
             raise ConfigError(f"{where}: unknown argument {flag!r}; a generated block takes "
                               "--scores FILE (repeatable), --links FILE, --alpha A, --title T, "
-                              "--models M1,M2, --seeds S1,S2, --compare A:B (repeatable)")
+                              "--models M1,M2, --seeds S1,S2, --compare A:B (repeatable), "
+                              "--figure PNG")
         if position + 1 >= len(words):
             raise ConfigError(f"{where}: {flag} needs a value")
         value = words[position + 1]
@@ -87,6 +91,10 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
             title = value
         elif flag == "--compare":
             compare.append(value)
+        elif flag == "--figure":
+            if not value.lower().endswith(".png"):
+                raise ConfigError(f"{where}: --figure names a PNG file; got {value!r}")
+            figure = value
         elif flag == "--models":
             models = tuple(m.strip() for m in value.split(",") if m.strip())
         elif flag == "--seeds":
@@ -107,24 +115,37 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
         pairs = parse_pairs(compare)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
-    return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds, pairs)
+    return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds, pairs, figure)
 
 
-def render_block(spec: BlockSpec, base: Path) -> str:
-    """The body of a block: results table, verdicts and comparisons, from the named files."""
+def render_block(spec: BlockSpec, base: Path, *, draw: bool = True) -> str:
+    """The body of a block: results table, verdicts and comparisons, from the named files; with
+    ``spec.figure`` (and ``draw``) the forest plot is written there and shown in the body."""
+    return _render(spec, base, draw=draw)[0]
+
+
+def _render(spec: BlockSpec, base: Path, *, draw: bool) -> tuple[str, ClaimsReport]:
     report = claims_from_files([base / p for p in spec.scores], [base / p for p in spec.links],
                                alpha=spec.alpha, models=spec.models, seeds=spec.seeds,
                                compare=spec.compare)
     sources = ", ".join(f"`{p}`" for p in (*spec.scores, *spec.links))
     text = claims_markdown(report, spec.title, heading="####", results=True)
-    return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n"
+    if spec.figure is not None:
+        if draw:
+            claims_figure(report, base / spec.figure, spec.title)
+        text = (f"{text.rstrip()}\n\n![{spec.title}: each comparison with its 95 % interval, "
+                f"filled where significant after Holm]({spec.figure})")
+    return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n", report
 
 
 def refresh_document(path: Path, *, check: bool = False) -> list[str]:
     """Recompute every generated block of ``path``; the titles of the blocks that changed.
 
-    With ``check`` nothing is written. Raises :class:`ConfigError` when the document has no
-    block, or a ``BEGIN`` marker without its ``END``.
+    With ``check`` nothing is written; a block whose ``--figure`` file is missing counts as
+    changed. A refresh redraws a block's figure only when its text changed or the file is
+    missing (PNG bytes can differ between matplotlib versions; the numbers are in the text).
+    Raises :class:`ConfigError` when the document has no block, or a ``BEGIN`` marker without
+    its ``END``.
     """
     text = Path(path).read_text()
     if text.count("<!-- BEGIN mmssl claims") != text.count("<!-- END mmssl claims -->"):
@@ -141,11 +162,14 @@ def refresh_document(path: Path, *, check: bool = False) -> list[str]:
         where = f"{path}, generated block {number}"
         spec = parse_block_arguments(block["args"], where)
         try:
-            body = render_block(spec, Path(path).parent)
+            body, report = _render(spec, Path(path).parent, draw=False)
         except (ConfigError, RunDirError) as error:   # e.g. a model or file it names is absent
             raise type(error)(f"{where} ({spec.title!r}): {error}") from None
-        if body != block["body"]:
+        missing_figure = spec.figure is not None and not (Path(path).parent / spec.figure).is_file()
+        if body != block["body"] or missing_figure:
             changed.append(spec.title)
+            if not check and spec.figure is not None:
+                claims_figure(report, Path(path).parent / spec.figure, spec.title)
         pieces += [text[last:block.start()], block["open"], body, block["close"]]
         last = block.end()
     pieces.append(text[last:])

@@ -101,6 +101,7 @@ def cmd_claims(args: Any) -> int:
     from mmssl import io
     from mmssl.analysis.claims import (
         check_sweep,
+        claims_figure,
         claims_from_files,
         claims_markdown,
         claims_table,
@@ -150,6 +151,10 @@ def cmd_claims(args: Any) -> int:
     if args.markdown:
         io.write_text(Path(args.markdown), claims_markdown(report, title))
         console.print(f"markdown: {args.markdown}", soft_wrap=True)
+    if args.figure:
+        figure = claims_figure(report, Path(args.figure), title)
+        console.print(f"figure: {figure}" if figure else
+                      "figure: nothing was tested, no figure written", soft_wrap=True)
     return 0
 
 
@@ -220,6 +225,9 @@ def claims_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--compare", type=str, action="append", default=None,
                         help="also compare two models, paired over runs, two-sided: A:B for "
                              "A − B, e.g. dccae:ae (repeatable, or comma-separated)")
+    parser.add_argument("--figure", type=str | None, default=None,
+                        help="also draw the evidence (every comparison and its interval) to this "
+                             "PNG (a sweep folder gets claims.png anyway)")
     parser.add_argument("--alpha", type=float, default=0.05, help="level of every claim")
     parser.add_argument("--permutations", type=int, default=100,
                         help="permutations of the held-out link p-values")
