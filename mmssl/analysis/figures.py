@@ -8,6 +8,7 @@ there is nothing to draw.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def comparisons_figure(groups: Sequence[tuple[str, Sequence[Comparison]]], alpha
                   fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, metadata={"Software": None})
 
