@@ -189,3 +189,21 @@ def test_table_cells() -> None:
                              0.05, "accuracy").rows
     assert [r[1] for r in rows] == list(COLUMNS)
     assert all(r[2].startswith("+0.0") and r[6] == "15" and r[7] == "dccae ahead" for r in rows)
+
+
+def test_the_results_table_says_how_many_runs_each_model_had_when_they_differ() -> None:
+    """A model with 2 runs beside models with 15 (MMVAE at 46 minutes a run) must not pass for
+    one measured as often: a ``runs`` column appears, and only then."""
+    from mmssl.analysis.aggregate import columns_of, summarise
+    from mmssl.analysis.tables import results_table
+
+    full = score_table({"XX": 0.9, "dccae": 0.88})
+    few = score_table({"mmvae": 0.8}, folds=2, seeds=1)
+    for frame, expected in ((full, None), (pd.concat([full, few]), {"XX": "15", "mmvae": "2"})):
+        table = results_table(summarise(frame), columns_of(frame), "accuracy", "t")
+        if expected is None:
+            assert table.columns == ["model", *COLUMNS]
+        else:
+            assert table.columns == ["model", "runs", *COLUMNS]
+            assert {row[0]: row[1] for row in table.rows if row[0] in expected} == expected
+            assert "over 2 to 15 run(s)" in table.note

@@ -86,13 +86,17 @@ def metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], titl
 
 def results_table(summary: pd.DataFrame, columns: Sequence[str], metric: str,
                   title: str) -> Table:
-    """Test ``metric`` (mean ± std over runs) per model and representation column."""
+    """Test ``metric`` (mean ± std over runs) per model and representation column; when the
+    models ran different numbers of runs, a ``runs`` column says how many each had."""
     test = summary[(summary["split"] == "test") & (summary["metric"] == metric)]
     counts = sorted(set(test["n"].astype(int))) if len(test) else [0]
     runs = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    per_model = len(counts) > 1
     rows = []
     for model in dict.fromkeys(test["model"]):
         cells = [model]
+        if per_model:
+            cells.append(str(int(test[test["model"] == model]["n"].max())))
         for column in columns:
             hit = test[(test["model"] == model) & (test["modality"] == column)]
             if hit.empty:
@@ -104,7 +108,7 @@ def results_table(summary: pd.DataFrame, columns: Sequence[str], metric: str,
         rows.append(cells)
     note = (f"Test {metric} of a logistic-regression probe on frozen encoders (regularisation "
             f"chosen on validation); mean ± std over {runs} run(s) (folds × seeds).")
-    return Table(title, ["model", *columns], rows, note=note)
+    return Table(title, ["model", *(["runs"] if per_model else []), *columns], rows, note=note)
 
 
 def summary_csv(summary: pd.DataFrame) -> str:
