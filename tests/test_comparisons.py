@@ -92,6 +92,10 @@ def test_orientation_and_reading_follow_the_planted_effect() -> None:
     few = compare_models(score_table({"dccae": 0.90, "ae": 0.85}, folds=2, seeds=1),
                          parse_pairs("dccae:ae"), n_resamples=2000)
     assert reading(few[0], 0.05) == "not distinguished (too few runs, n=2)"
+    assert np.isnan(few[0].ci_low) and np.isnan(few[0].ci_high)  # no interval from 2 runs
+    five = compare_models(score_table({"dccae": 0.90, "ae": 0.85}, folds=5, seeds=1),
+                          parse_pairs("dccae:ae"), n_resamples=2000)
+    assert all(c.ci_low <= c.mean <= c.ci_high for c in five)
 
 
 def test_no_effect_rarely_reads_as_a_difference() -> None:

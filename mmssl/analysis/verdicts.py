@@ -47,6 +47,9 @@ TITLES: dict[int, str] = {
 }
 #: Power at which the minimum detectable effect is stated.
 MDE_POWER = 0.8
+#: Fewest paired runs given a bootstrap interval: resampling 2–4 differences only restates them
+#: (two runs have three distinct resampled means), and the interval would look precise.
+MIN_INTERVAL_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ def _paired(a: Mapping[Run, float], b: Mapping[Run, float]) -> np.ndarray:
 
 def _paired_comparisons(raw: Sequence[tuple[str, str, np.ndarray]], settings: _Settings,
                         alternative: Alternative = "greater") -> list[Comparison]:
-    """Comparisons of paired differences: sign-flip p, bootstrap CI, MDE at α/m, Holm."""
+    """Comparisons of paired differences: sign-flip p, bootstrap CI (none below
+    :data:`MIN_INTERVAL_RUNS` runs), MDE at α/m, Holm."""
     m = len(raw)
     comparisons = []
     for label, column, d in raw:
@@ -274,7 +278,8 @@ def _paired_comparisons(raw: Sequence[tuple[str, str, np.ndarray]], settings: _S
                                                    settings.n_resamples)
         mde = (minimum_detectable_effect(float(np.std(d, ddof=1)), n, level, MDE_POWER,
                                          alternative) if n > 1 and level > 0 else math.inf)
-        low, high = bootstrap_ci(d, n_resamples=settings.n_resamples, seed=settings.seed)
+        low, high = (bootstrap_ci(d, n_resamples=settings.n_resamples, seed=settings.seed)
+                     if n >= MIN_INTERVAL_RUNS else (math.nan, math.nan))
         comparisons.append(Comparison(
             label=label, column=column, n=n, mean=float(np.mean(d)) if n else float("nan"),
             ci_low=low, ci_high=high, mde=mde,
