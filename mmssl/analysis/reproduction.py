@@ -118,21 +118,23 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
     return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds, pairs, figure)
 
 
-def render_block(spec: BlockSpec, base: Path, *, draw: bool = True) -> str:
+def render_block(spec: BlockSpec, base: Path) -> str:
     """The body of a block: results table, verdicts and comparisons, from the named files; with
-    ``spec.figure`` (and ``draw``) the forest plot is written there and shown in the body."""
-    return _render(spec, base, draw=draw)[0]
+    ``spec.figure`` the forest plot is written there and shown in the body."""
+    body, report = _render(spec, base)
+    if spec.figure is not None:
+        claims_figure(report, base / spec.figure, spec.title)
+    return body
 
 
-def _render(spec: BlockSpec, base: Path, *, draw: bool) -> tuple[str, ClaimsReport]:
+def _render(spec: BlockSpec, base: Path) -> tuple[str, ClaimsReport]:
+    """The body of a block and the report it shows (the figure is drawn by the caller)."""
     report = claims_from_files([base / p for p in spec.scores], [base / p for p in spec.links],
                                alpha=spec.alpha, models=spec.models, seeds=spec.seeds,
                                compare=spec.compare)
     sources = ", ".join(f"`{p}`" for p in (*spec.scores, *spec.links))
     text = claims_markdown(report, spec.title, heading="####", results=True)
     if spec.figure is not None:
-        if draw:
-            claims_figure(report, base / spec.figure, spec.title)
         text = (f"{text.rstrip()}\n\n![{spec.title}: each comparison with its 95 % interval, "
                 f"filled where significant after Holm]({spec.figure})")
     return f"{text.rstrip()}\n\nComputed by `mmssl claims` from {sources}.\n", report
@@ -158,18 +160,19 @@ def refresh_document(path: Path, *, check: bool = False) -> list[str]:
     changed: list[str] = []
     pieces: list[str] = []
     last = 0
+    base = Path(path).parent
     for number, block in enumerate(blocks, start=1):
         where = f"{path}, generated block {number}"
         spec = parse_block_arguments(block["args"], where)
         try:
-            body, report = _render(spec, Path(path).parent, draw=False)
+            body, report = _render(spec, base)
         except (ConfigError, RunDirError) as error:   # e.g. a model or file it names is absent
             raise type(error)(f"{where} ({spec.title!r}): {error}") from None
-        missing_figure = spec.figure is not None and not (Path(path).parent / spec.figure).is_file()
+        missing_figure = spec.figure is not None and not (base / spec.figure).is_file()
         if body != block["body"] or missing_figure:
             changed.append(spec.title)
             if not check and spec.figure is not None:
-                claims_figure(report, Path(path).parent / spec.figure, spec.title)
+                claims_figure(report, base / spec.figure, spec.title)
         pieces += [text[last:block.start()], block["open"], body, block["close"]]
         last = block.end()
     pieces.append(text[last:])
