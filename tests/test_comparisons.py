@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmssl.analysis.aggregate import columns_of, summarise
 from mmssl.analysis.comparisons import (
     ModelPair,
     compare_models,
@@ -22,6 +23,7 @@ from mmssl.analysis.comparisons import (
     reading,
 )
 from mmssl.analysis.reproduction import parse_block_arguments
+from mmssl.analysis.tables import results_table
 from mmssl.cli import main
 from mmssl.errors import ConfigError
 
@@ -198,9 +200,6 @@ def test_table_cells() -> None:
 def test_the_results_table_says_how_many_runs_each_model_had_when_they_differ() -> None:
     """A model with 2 runs beside models with 15 (MMVAE at 46 minutes a run) must not pass for
     one measured as often: a ``runs`` column appears, and only then."""
-    from mmssl.analysis.aggregate import columns_of, summarise
-    from mmssl.analysis.tables import results_table
-
     full = score_table({"XX": 0.9, "dccae": 0.88})
     few = score_table({"mmvae": 0.8}, folds=2, seeds=1)
     for frame, expected in ((full, None), (pd.concat([full, few]), {"XX": "15", "mmvae": "2"})):
