@@ -96,6 +96,36 @@ def test_command_line_refresh_and_check(results: Path, capsys: pytest.CaptureFix
     assert "up to date" in capsys.readouterr().out
 
 
+def test_a_figure_drawn_for_other_text_is_stale(results: Path, tmp_path: Path) -> None:
+    """Editing a block's title by hand in the marker and the heading alike leaves the text up to
+    date but the figure not: its stamp names the old text, so check says so and refresh redraws."""
+    from mmssl.analysis.figures import png_description
+    from mmssl.analysis.reproduction import block_stamp
+
+    copy = tmp_path / "copy"
+    (copy / "results").mkdir(parents=True)
+    (copy / "results" / "demo").symlink_to(results / "results" / "demo")
+    document = copy / "REPRODUCTION.md"
+    document.write_text(DOCUMENT.replace('--title "Demo sweep"',
+                                         '--title "Demo sweep" --figure results/claims.png'))
+    assert refresh_document(document) == ["Demo sweep"]
+    figure = copy / "results" / "claims.png"
+    first = png_description(figure)
+    body = document.read_text().split(" -->\n", 1)[1].split("<!-- END", 1)[0]
+    assert first == block_stamp(body)
+    assert refresh_document(document, check=True) == []
+    document.write_text(document.read_text().replace("Demo sweep", "Demo sweep, renamed"))
+    assert refresh_document(document, check=True) == ["Demo sweep, renamed"]
+    assert png_description(figure) == first  # check wrote nothing
+    assert refresh_document(document) == ["Demo sweep, renamed"]
+    assert png_description(figure) not in (None, first)
+    assert refresh_document(document, check=True) == []
+    figure.write_bytes(b"not a png")  # a damaged figure is stale as well
+    assert refresh_document(document, check=True) == ["Demo sweep, renamed"]
+    figure.unlink()
+    assert refresh_document(document, check=True) == ["Demo sweep, renamed"]
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     ("--links x.csv", "needs at least one --scores"),
     ("--scores", "--scores needs a value"),

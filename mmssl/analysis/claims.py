@@ -208,14 +208,15 @@ def claims_markdown(report: ClaimsReport, title: str, *, heading: str = "#",
     return "\n".join(lines)
 
 
-def claims_figure(report: ClaimsReport, path: Path, title: str = "") -> Path | None:
+def claims_figure(report: ClaimsReport, path: Path, title: str = "",
+                  stamp: str | None = None) -> Path | None:
     """The evidence as a forest plot (:func:`~mmssl.analysis.figures.comparisons_figure`): each
     claim's comparisons under its verdict, then the paired comparisons asked for; ``None``
-    when no claim could be tested and none was asked for."""
+    when no claim could be tested and none was asked for. ``stamp`` is stored in the PNG."""
     groups = [(f"Claim {v.claim_id}, {v.title}: {v.status}", v.comparisons)
               for v in report.verdicts]
     groups.append(("Paired comparisons (two-sided)", report.comparisons))
-    return comparisons_figure(groups, report.alpha, path, title=title)
+    return comparisons_figure(groups, report.alpha, path, title=title, stamp=stamp)
 
 
 def write_claims(sweep: SweepDir, report: ClaimsReport) -> tuple[Path, Path]:

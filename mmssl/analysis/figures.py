@@ -117,11 +117,13 @@ def fold_scores(scores: pd.DataFrame, metric: str, path: Path) -> Path | None:
 
 
 def comparisons_figure(groups: Sequence[tuple[str, Sequence[Comparison]]], alpha: float,
-                       path: Path, *, title: str = "") -> Path | None:
+                       path: Path, *, title: str = "", stamp: str | None = None) -> Path | None:
     """Forest plot of tested comparisons: one row per comparison (its label and column), the
     mean paired difference as a point and its 95 % interval as a bar, filled where the
     Holm-adjusted p ≤ α and hollow where not; rows grouped under their heading (a claim and its
-    verdict, or the paired comparisons asked for), a line at 0. ``None`` without any row."""
+    verdict, or the paired comparisons asked for), a line at 0. ``None`` without any row.
+    ``stamp``, when given, is stored in the PNG's ``Description`` text chunk, so a document
+    can tell which text the figure was drawn for (:func:`png_description`)."""
     groups = [(heading, list(rows)) for heading, rows in groups if rows]
     if not groups:
         return None
@@ -155,7 +157,24 @@ def comparisons_figure(groups: Sequence[tuple[str, Sequence[Comparison]]], alpha
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path, metadata={"Software": None})
+    metadata: dict[str, str | None] = {"Software": None}
+    if stamp is not None:
+        metadata["Description"] = stamp
+    return save_figure(fig, path, metadata=metadata)
+
+
+def png_description(path: Path) -> str | None:
+    """The ``Description`` text chunk of a PNG file (``None`` when it has none or the file is
+    not a readable PNG): the stamp :func:`comparisons_figure` wrote."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {})
+            value = text.get("Description")
+    except (OSError, UnidentifiedImageError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def training_curves(curves: pd.DataFrame, path: Path) -> Path | None:

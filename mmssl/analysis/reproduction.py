@@ -16,11 +16,15 @@ shows), with paths relative to the document's folder.
 (:func:`~mmssl.analysis.claims.claims_from_files`: the mean ± std test scores per model, the
 verdicts with p-values, intervals and the number of paired runs) and rewrites the document
 atomically; with ``check`` it rewrites nothing and returns the blocks whose text differs, which
-is how a test keeps the committed verdicts equal to what the committed results give.
+is how a test keeps the committed verdicts equal to what the committed results give. A block's
+figure carries a stamp of the text it was drawn with (:func:`block_stamp`, in the PNG's
+``Description``), so a figure left behind by an edit — a title changed by hand in the marker
+and the heading alike, say — is stale too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -29,9 +33,11 @@ from pathlib import Path
 from mmssl import io
 from mmssl.analysis.claims import ClaimsReport, claims_figure, claims_from_files, claims_markdown
 from mmssl.analysis.comparisons import ModelPair, parse_pairs
+from mmssl.analysis.figures import png_description
 from mmssl.errors import ConfigError, RunDirError
 
-__all__ = ["BLOCK", "BlockSpec", "parse_block_arguments", "refresh_document", "render_block"]
+__all__ = ["BLOCK", "BlockSpec", "block_stamp", "parse_block_arguments", "refresh_document",
+           "render_block"]
 
 #: A generated block: its arguments, its body and the closing marker.
 BLOCK = re.compile(r"(?P<open><!-- BEGIN mmssl claims (?P<args>[^\n]*?) -->\n)"
@@ -123,8 +129,14 @@ def render_block(spec: BlockSpec, base: Path) -> str:
     ``spec.figure`` the forest plot is written there and shown in the body."""
     body, report = _render(spec, base)
     if spec.figure is not None:
-        claims_figure(report, base / spec.figure, spec.title)
+        claims_figure(report, base / spec.figure, spec.title, stamp=block_stamp(body))
     return body
+
+
+def block_stamp(body: str) -> str:
+    """What a block's figure records of the text it was drawn with: ``mmssl claims`` and the
+    first 16 hex digits of the SHA-256 of the block's body (title, numbers, verdicts)."""
+    return f"mmssl claims {hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
 
 def _render(spec: BlockSpec, base: Path) -> tuple[str, ClaimsReport]:
@@ -143,9 +155,10 @@ def _render(spec: BlockSpec, base: Path) -> tuple[str, ClaimsReport]:
 def refresh_document(path: Path, *, check: bool = False) -> list[str]:
     """Recompute every generated block of ``path``; the titles of the blocks that changed.
 
-    With ``check`` nothing is written; a block whose ``--figure`` file is missing counts as
-    changed. A refresh redraws a block's figure only when its text changed or the file is
-    missing (PNG bytes can differ between matplotlib versions; the numbers are in the text).
+    With ``check`` nothing is written; a block whose ``--figure`` file is missing, or was drawn
+    for other text (its stamp, :func:`block_stamp`, differs), counts as changed. A refresh
+    redraws a block's figure only then or when its text changed (PNG bytes can differ between
+    matplotlib versions, so the bytes themselves are not compared).
     Raises :class:`ConfigError` when the document has no block, or a ``BEGIN`` marker without
     its ``END``.
     """
@@ -168,11 +181,12 @@ def refresh_document(path: Path, *, check: bool = False) -> list[str]:
             body, report = _render(spec, base)
         except (ConfigError, RunDirError) as error:   # e.g. a model or file it names is absent
             raise type(error)(f"{where} ({spec.title!r}): {error}") from None
-        missing_figure = spec.figure is not None and not (base / spec.figure).is_file()
-        if body != block["body"] or missing_figure:
+        stale_figure = (spec.figure is not None
+                        and png_description(base / spec.figure) != block_stamp(body))
+        if body != block["body"] or stale_figure:
             changed.append(spec.title)
             if not check and spec.figure is not None:
-                claims_figure(report, base / spec.figure, spec.title)
+                claims_figure(report, base / spec.figure, spec.title, stamp=block_stamp(body))
         pieces += [text[last:block.start()], block["open"], body, block["close"]]
         last = block.end()
     pieces.append(text[last:])
