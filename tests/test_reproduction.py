@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mmssl.analysis.claims import check_sweep
-from mmssl.analysis.reproduction import parse_block_arguments, refresh_document
+from mmssl.analysis.figures import png_description
+from mmssl.analysis.reproduction import block_stamp, parse_block_arguments, refresh_document
 from mmssl.cli import main
 from mmssl.errors import ConfigError
 from mmssl.runs.rundir import SweepDir
@@ -99,9 +100,6 @@ def test_command_line_refresh_and_check(results: Path, capsys: pytest.CaptureFix
 def test_a_figure_drawn_for_other_text_is_stale(results: Path, tmp_path: Path) -> None:
     """Editing a block's title by hand in the marker and the heading alike leaves the text up to
     date but the figure not: its stamp names the old text, so check says so and refresh redraws."""
-    from mmssl.analysis.figures import png_description
-    from mmssl.analysis.reproduction import block_stamp
-
     copy = tmp_path / "copy"
     (copy / "results").mkdir(parents=True)
     (copy / "results" / "demo").symlink_to(results / "results" / "demo")

@@ -128,9 +128,14 @@ def render_block(spec: BlockSpec, base: Path) -> str:
     """The body of a block: results table, verdicts and comparisons, from the named files; with
     ``spec.figure`` the forest plot is written there and shown in the body."""
     body, report = _render(spec, base)
-    if spec.figure is not None:
-        claims_figure(report, base / spec.figure, spec.title, stamp=block_stamp(body))
+    _draw_figure(spec, base, report, block_stamp(body))
     return body
+
+
+def _draw_figure(spec: BlockSpec, base: Path, report: ClaimsReport, stamp: str) -> None:
+    """The block's forest plot at ``spec.figure`` (if it names one), stamped with its text."""
+    if spec.figure is not None:
+        claims_figure(report, base / spec.figure, spec.title, stamp=stamp)
 
 
 def block_stamp(body: str) -> str:
@@ -181,12 +186,13 @@ def refresh_document(path: Path, *, check: bool = False) -> list[str]:
             body, report = _render(spec, base)
         except (ConfigError, RunDirError) as error:   # e.g. a model or file it names is absent
             raise type(error)(f"{where} ({spec.title!r}): {error}") from None
+        stamp = block_stamp(body)
         stale_figure = (spec.figure is not None
-                        and png_description(base / spec.figure) != block_stamp(body))
+                        and png_description(base / spec.figure) != stamp)
         if body != block["body"] or stale_figure:
             changed.append(spec.title)
-            if not check and spec.figure is not None:
-                claims_figure(report, base / spec.figure, spec.title, stamp=block_stamp(body))
+            if not check:
+                _draw_figure(spec, base, report, stamp)
         pieces += [text[last:block.start()], block["open"], body, block["close"]]
         last = block.end()
     pieces.append(text[last:])
