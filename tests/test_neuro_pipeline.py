@@ -135,8 +135,9 @@ def test_probe_is_clearly_above_chance(neuro_run):
     assert metrics["test"]["joint"]["roc_auc"] >= 0.75, metrics["test"]
 
 
-def test_saliency_maps_three_ways_are_nifti_in_the_input_space(neuro_run):
+def test_saliency_maps_of_every_method_are_nifti_in_the_input_space(neuro_run):
     assert main(["saliency", str(neuro_run), "--samples", "2", "--ig-steps", "4",
+                 "--eg-samples", "2", "--methods", "latent,smoothgrad,ig,eg",
                  "--units", "4", "--split", "test"]) == 0
     report = json.loads((neuro_run / "saliency.json").read_text())
     config = cfg.load(RunDir(neuro_run).config)
@@ -145,7 +146,7 @@ def test_saliency_maps_three_ways_are_nifti_in_the_input_space(neuro_run):
     grid = datamodule.cohort.grid
     for modality in ("t1", "falff"):
         entry = report["modalities"][modality]
-        for method in ("latent", "smoothgrad", "ig"):
+        for method in ("latent", "smoothgrad", "ig", "eg"):
             assert {f"{method}_{g}" for g in ("patients", "controls", "difference", "all")} <= set(
                 entry["maps"])
             image = nib.load(neuro_run / entry["maps"][f"{method}_all"])

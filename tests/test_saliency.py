@@ -18,6 +18,7 @@ from mmssl.evaluation.saliency import (
     LatentUnit,
     LinearReadout,
     ProbeLogit,
+    expected_gradients,
     group_maps,
     localisation_auc,
     smoothgrad,
@@ -395,3 +396,75 @@ def test_integrated_gradients_are_complete_and_exact_for_a_linear_probe() -> Non
     exact = integrated_gradients(LatentUnit(linear, 0), x, steps=4)
     np.testing.assert_allclose(exact.flatten(1).numpy(),
                                (x.flatten(1) * linear.weight[0]).detach().numpy(), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Expected gradients
+# --------------------------------------------------------------------------------------------
+
+
+def test_expected_gradients_are_exact_for_a_linear_function_and_one_reference() -> None:
+    """With one reference b, (x − b) ⊙ ∇f is the same at every path point of a linear f."""
+    linear = _LinearEncoder(torch.randn(1, 4 * 4 * 4, generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(3, 1, 4, 4, 4)
+    reference = torch.randn(1, 1, 4, 4, 4)
+    attributions = expected_gradients(LatentUnit(linear, 0), x, baselines=reference, samples=5,
+                                      samples_batch_size=2)
+    exact = ((x - reference).flatten(1) * linear.weight[0]).detach()
+    np.testing.assert_allclose(attributions.flatten(1).numpy(), exact.numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_expected_gradients_match_the_closed_form_of_a_quadratic() -> None:
+    """f = ½‖x‖²: E over references b and α ~ U(0, 1) of (x − b)(b + α(x − b)) is ½(x² − E b²).
+
+    The tolerance is five standard errors of the Monte-Carlo mean, from the exact variance of one
+    draw; Integrated Gradients from zero (½x²) lies far outside it, so the test can fail.
+    """
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 2, 2, 1, generator=generator, dtype=torch.float64)
+    references = torch.randn(5, 1, 2, 2, 1, generator=generator, dtype=torch.float64) + 1.0
+    samples = 20_000
+    attributions = expected_gradients(Quadratic(), x, baselines=references, samples=samples,
+                                      samples_batch_size=5_000, seed=7)
+    expected = 0.5 * (x.pow(2) - references.pow(2).mean(0, keepdim=True))
+    # one draw V = d (b + α d), d = x − b: E_α V² = d² (b² + b d + d²/3), averaged over b
+    d = x.unsqueeze(1) - references.unsqueeze(0)
+    b = references.unsqueeze(0)
+    second_moment = (d.pow(2) * (b.pow(2) + b * d + d.pow(2) / 3)).mean(1)
+    standard_error = ((second_moment - expected.pow(2)).clamp_min(0) / samples).sqrt()
+    error = (attributions - expected).abs()
+    assert (error <= 5 * standard_error + 1e-12).all(), (error / standard_error).max()
+    assert ((0.5 * x.pow(2) - expected).abs() > 10 * 5 * standard_error).any()
+
+
+def test_expected_gradients_are_seeded_and_leave_the_global_generators_alone() -> None:
+    encoder = tiny_encoder()
+    head = LatentUnit(encoder, 1)
+    x, references = volumes(2, seed=1), volumes(6, seed=2)
+    numpy_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
+    encoder.train()
+    first = expected_gradients(head, x, baselines=references, samples=4, seed=3)
+    assert encoder.training  # eval mode during the attribution, restored afterwards
+    again = expected_gradients(head, x, baselines=references, samples=4, seed=3)
+    other = expected_gradients(head, x, baselines=references, samples=4, seed=4)
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    # BatchNorm uses its running statistics: the same maps as from a model put in eval mode
+    torch.testing.assert_close(
+        expected_gradients(head.eval(), x, baselines=references, samples=4, seed=3), first)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"baselines": torch.zeros(2, 1, 8, 8, 8)}, "do not fit"),
+    ({"baselines": torch.zeros(0, 1, SIDE, SIDE, SIDE)}, "no reference"),
+    ({"samples": 0}, "samples must be"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"samples_batch_size": 0}, "samples_batch_size"),
+])
+def test_expected_gradients_reject_bad_arguments(kwargs: dict, message: str) -> None:
+    arguments: dict = {"baselines": volumes(2), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        expected_gradients(LatentUnit(tiny_encoder(), 0), volumes(1), **arguments)

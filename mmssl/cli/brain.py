@@ -87,8 +87,12 @@ def map_settings(args: Any) -> Any:
         raise ConfigError(f"--units {args.units!r}: expected a positive number of latent units "
                           "or all")
     units = None if text == "all" else int(text)
+    for flag, value in (("--eg-samples", args.eg_samples), ("--eg-references", args.eg_references)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: expected a positive number")
     return MapSettings(units=units, percentile=args.percentile, samples=args.samples,
-                       noise=args.noise, ig_steps=args.ig_steps, batch_size=args.batch_size)
+                       noise=args.noise, ig_steps=args.ig_steps, eg_samples=args.eg_samples,
+                       eg_references=args.eg_references, batch_size=args.batch_size)
 
 
 def cmd_saliency(args: Any) -> int:
@@ -334,6 +338,10 @@ def map_flags(parser: ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=16, help="SmoothGrad noise samples")
     parser.add_argument("--noise", type=float, default=0.1, help="SmoothGrad σ / input range")
     parser.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
+    parser.add_argument("--eg-samples", type=int, default=32,
+                        help="expected gradients: draws (reference, path point) per volume")
+    parser.add_argument("--eg-references", type=int, default=128,
+                        help="expected gradients: training volumes drawn as references (at most)")
     parser.add_argument("--batch-size", type=int, default=4, help="volumes per chunk")
     parser.add_argument("--device", type=str | None, default=None)
 
@@ -343,15 +351,17 @@ def saliency_parser(parser: ArgumentParser) -> None:
     parser.add_argument("--split", type=str, default="test",
                         help="subjects: train, val, test or all (labelled evaluation subjects)")
     parser.add_argument("--methods", type=str, default="latent,smoothgrad,ig",
-                        help="latent (label-free unit gradients), smoothgrad, ig")
+                        help="latent (label-free unit gradients), smoothgrad, ig, eg (expected "
+                        "gradients)")
     map_flags(parser)
 
 
 def regions_parser(parser: ArgumentParser) -> None:
     parser.add_argument("run_dir", type=str)
     parser.add_argument("--method", type=str, default="ig",
-                        help="per-subject maps to test: latent, smoothgrad, ig, or input (the "
-                        "preprocessed volumes: the model-free reference analysis)")
+                        help="per-subject maps to test: latent, smoothgrad, ig, eg (expected "
+                        "gradients), or input (the preprocessed volumes: the model-free "
+                        "reference analysis)")
     parser.add_argument("--split", type=str, default="all", help="subjects: train, val, "
                         "test or all")
     parser.add_argument("--permutations", type=int, default=1000,

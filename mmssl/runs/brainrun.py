@@ -7,7 +7,12 @@ Three kinds of per-subject map, each a volume on the run's grid (the input's MNI
   latent units (:func:`~mmssl.evaluation.saliency.latent_unit_maps`; the authors' route);
 * ``smoothgrad`` — SmoothGrad of the linear probe's decision (absolute, averaged);
 * ``ig`` — Integrated Gradients of the probe's decision from the training subjects' mean
-  volume (signed; patients' attributions sit where they differ from the typical brain).
+  volume (signed; patients' attributions sit where they differ from the typical brain);
+* ``eg`` — expected gradients of the probe's decision: Integrated Gradients averaged over
+  references drawn from the training subjects' volumes (signed; the gradient that weighs a
+  subject's difference is averaged over the population's paths, so it varies less between
+  subjects than IG's, and a group test of the maps follows the volumes' group difference more
+  closely).
 
 and one reference that involves no model: ``input`` — the preprocessed volumes themselves, so
 a group test of them is the classical mass-univariate (VBM-like) analysis. It bounds what any
@@ -42,6 +47,7 @@ from mmssl.errors import RunDirError
 from mmssl.evaluation.probe import fit_probe
 from mmssl.evaluation.saliency import (
     ProbeLogit,
+    expected_gradients,
     integrated_gradients,
     latent_unit_maps,
     select_units,
@@ -56,9 +62,11 @@ __all__ = ["GROUP_METHODS", "METHODS", "SPLITS", "BrainRun", "MapSettings", "ope
 log = logging.getLogger("mmssl")
 
 #: The kinds of per-subject map.
-METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig")
+METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig", "eg")
 #: What a group test can take: the model's maps plus the model-free reference ``input``.
 GROUP_METHODS: tuple[str, ...] = (*METHODS, "input")
+#: Expected gradients' draws per volume in one pass (memory: batch size × this many volumes).
+EG_SAMPLES_PER_PASS = 8
 #: The subject sets maps are made for (``all``: every labelled evaluation subject).
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 
@@ -72,6 +80,8 @@ class MapSettings:
     samples: int = 16
     noise: float = 0.1
     ig_steps: int = 32
+    eg_samples: int = 32
+    eg_references: int = 128
     batch_size: int = 4
 
     def key(self, method: str) -> str:
@@ -80,6 +90,8 @@ class MapSettings:
             return f"latent-u{self.units}-p{self.percentile:g}"
         if method == "smoothgrad":
             return f"smoothgrad-s{self.samples}-n{self.noise:g}"
+        if method == "eg":
+            return f"eg-s{self.eg_samples}-r{self.eg_references}"
         return f"ig-t{self.ig_steps}"
 
 
@@ -156,6 +168,15 @@ class BrainRun:
         order = np.argsort(np.argsort(rows))
         return torch.from_numpy(array[order]).unsqueeze(1)
 
+    def references(self, modality: str, count: int) -> torch.Tensor:
+        """Up to ``count`` training volumes of ``modality`` (a seeded draw when there are more):
+        the reference population of expected gradients."""
+        rows = self.rows("train", [modality])
+        if count < len(rows):
+            generator = np.random.default_rng(self.loaded.config.seed)
+            rows = np.sort(generator.choice(rows, size=count, replace=False))
+        return self.volumes(rows, modality)
+
     def latent_values(self, split: str, modalities: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Planted latent values (severity, coupling) of a split's subjects, if simulated."""
         if self.truth is None:
@@ -225,6 +246,8 @@ class BrainRun:
             units = select_units(latents, settings.units)
         elif method == "ig":
             baseline = self.volumes(self.rows("train", [modality]), modality).mean(0).to(device)
+        elif method == "eg":
+            references = self.references(modality, settings.eg_references).to(device)
         for start in range(0, len(rows), settings.batch_size):
             x = self.volumes(rows[start:start + settings.batch_size], modality).to(device)
             if method == "latent":
@@ -235,6 +258,12 @@ class BrainRun:
                                    samples=settings.samples, noise=settings.noise,
                                    batch_size=settings.batch_size,
                                    seed=self.loaded.config.seed + start)[:, 0]
+            elif method == "eg":
+                chunk = expected_gradients(ProbeLogit(encoder, self.probe(modality)), x,
+                                           baselines=references, samples=settings.eg_samples,
+                                           batch_size=settings.batch_size,
+                                           samples_batch_size=EG_SAMPLES_PER_PASS,
+                                           seed=self.loaded.config.seed + start)[:, 0]
             else:
                 chunk = integrated_gradients(ProbeLogit(encoder, self.probe(modality)), x,
                                              baseline=baseline, steps=settings.ig_steps,
