@@ -1,13 +1,13 @@
-"""``mmssl saliency RUN_DIR``: per-subject maps three ways, and their group maps in brain space.
+"""``mmssl saliency RUN_DIR``: per-subject maps four ways, and their group maps in brain space.
 
 For each modality and each method (:data:`~mmssl.runs.brainrun.METHODS`: label-free latent-unit
-gradients, SmoothGrad and Integrated Gradients of the probe) the maps of a split's subjects are
-made (:meth:`~mmssl.runs.brainrun.BrainRun.maps`) and summarised as NIfTI volumes on the run's
-grid with PNG figures: the mean over all subjects, over patients and over controls, and the
-patients − controls difference. On a simulated cohort each group map is scored against the
-planted effect: the ROC AUC of its voxels (absolute values) against the effect mask inside the
-brain (:func:`~mmssl.evaluation.saliency.localisation_auc`). Everything is summarised in
-``saliency.json`` with paths relative to the run directory.
+gradients, SmoothGrad, Integrated Gradients and expected gradients of the probe) the maps of a
+split's subjects are made (:meth:`~mmssl.runs.brainrun.BrainRun.maps`) and summarised as
+NIfTI volumes on the run's grid with PNG figures: the mean over all subjects, over patients and
+over controls, and the patients − controls difference. On a simulated cohort each group map is
+scored against the planted effect: the ROC AUC of its voxels (absolute values) against the
+effect mask inside the brain (:func:`~mmssl.evaluation.saliency.localisation_auc`).
+Everything is summarised in ``saliency.json`` with paths relative to the run directory.
 """
 
 from __future__ import annotations
