@@ -1,7 +1,7 @@
 """What the brain analyses of a run share: the run opened on its brain grid, its subjects, the
 planted ground truth of a simulated cohort, and per-subject attribution maps (cached).
 
-Three kinds of per-subject map, each a volume on the run's grid (the input's MNI space):
+Four kinds of per-subject map, each a volume on the run's grid (the input's MNI space):
 
 * ``latent`` — label-free: the thresholded gradients of the representation's most variable
   latent units (:func:`~mmssl.evaluation.saliency.latent_unit_maps`; the authors' route);
@@ -9,10 +9,8 @@ Three kinds of per-subject map, each a volume on the run's grid (the input's MNI
 * ``ig`` — Integrated Gradients of the probe's decision from the training subjects' mean
   volume (signed; patients' attributions sit where they differ from the typical brain);
 * ``eg`` — expected gradients of the probe's decision: Integrated Gradients averaged over
-  references drawn from the training subjects' volumes (signed; the gradient that weighs a
-  subject's difference is averaged over the population's paths, so it varies less between
-  subjects than IG's, and a group test of the maps follows the volumes' group difference more
-  closely).
+  references drawn from the training subjects' volumes (signed; SHAP values of the probe
+  against the training population rather than against its mean volume).
 
 and one reference that involves no model: ``input`` — the preprocessed volumes themselves, so
 a group test of them is the classical mass-univariate (VBM-like) analysis. It bounds what any
