@@ -468,3 +468,16 @@ def test_expected_gradients_reject_bad_arguments(kwargs: dict, message: str) -> 
     arguments: dict = {"baselines": volumes(2), **kwargs}
     with pytest.raises(ValueError, match=message):
         expected_gradients(LatentUnit(tiny_encoder(), 0), volumes(1), **arguments)
+
+
+def test_cached_maps_of_seeded_methods_are_keyed_by_their_chunking() -> None:
+    """SmoothGrad and expected gradients seed their draws per chunk of volumes: maps made with
+    another batch size are other draws and must not be reused; deterministic maps may be."""
+    from mmssl.runs.brainrun import MapSettings
+
+    one, two = MapSettings(batch_size=1), MapSettings(batch_size=2)
+    for method in ("smoothgrad", "eg"):
+        assert one.key(method) != two.key(method)
+    for method in ("latent", "ig"):
+        assert one.key(method) == two.key(method)
+    assert MapSettings(eg_samples=8).key("eg") != MapSettings(eg_samples=16).key("eg")

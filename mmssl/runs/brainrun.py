@@ -83,13 +83,14 @@ class MapSettings:
     batch_size: int = 4
 
     def key(self, method: str) -> str:
-        """What a cached map of ``method`` depends on."""
+        """What a cached map of ``method`` depends on. The random draws of ``smoothgrad`` and
+        ``eg`` are seeded per chunk of ``batch_size`` volumes, so their keys include it."""
         if method == "latent":
             return f"latent-u{self.units}-p{self.percentile:g}"
         if method == "smoothgrad":
-            return f"smoothgrad-s{self.samples}-n{self.noise:g}"
+            return f"smoothgrad-s{self.samples}-n{self.noise:g}-b{self.batch_size}"
         if method == "eg":
-            return f"eg-s{self.eg_samples}-r{self.eg_references}"
+            return f"eg-s{self.eg_samples}-r{self.eg_references}-b{self.batch_size}"
         return f"ig-t{self.ig_steps}"
 
 
