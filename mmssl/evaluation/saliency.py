@@ -303,6 +303,14 @@ def _seeded(device: torch.device, seed: int) -> Iterator[None]:
             yield
 
 
+def _require_volumes(inputs: Tensor) -> None:
+    """Raise ``ValueError`` unless ``inputs`` is a non-empty floating (B, C, *spatial) batch."""
+    if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
+        raise ValueError("inputs must be a floating-point tensor of shape (B, C, *spatial)")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs hold no volumes")
+
+
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode; restore each one's ``training`` flag on exit."""
@@ -369,10 +377,7 @@ def smoothgrad(
     """
     from captum.attr import NoiseTunnel, Saliency
 
-    if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
-        raise ValueError("inputs must be a floating-point tensor of shape (B, C, *spatial)")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs hold no volumes")
+    _require_volumes(inputs)
     if samples < 1:
         raise ValueError(f"samples must be ≥ 1, got {samples}")
     if not (np.isfinite(noise) and noise >= 0):
@@ -674,13 +679,12 @@ def expected_gradients(
         Detached signed attributions with the shape and device of ``inputs``.
 
     Raises:
-        ValueError: non-floating or 0/1-D inputs, baselines of another shape, or invalid
-            ``samples``, ``batch_size`` or ``samples_batch_size``.
+        ValueError: non-floating or 0/1-D inputs, an empty batch, baselines of another shape,
+            or invalid ``samples``, ``batch_size`` or ``samples_batch_size``.
     """
     from captum.attr import GradientShap  # heavy, loaded with the first attribution
 
-    if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
-        raise ValueError("inputs must be a floating-point tensor of shape (B, C, *spatial)")
+    _require_volumes(inputs)
     if baselines.dim() != inputs.dim() or tuple(baselines.shape[1:]) != tuple(inputs.shape[1:]):
         raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not fit inputs "
                          f"{tuple(inputs.shape)}: expected (R, *{tuple(inputs.shape[1:])})")

@@ -63,8 +63,6 @@ log = logging.getLogger("mmssl")
 METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig", "eg")
 #: What a group test can take: the model's maps plus the model-free reference ``input``.
 GROUP_METHODS: tuple[str, ...] = (*METHODS, "input")
-#: Expected gradients' draws per volume in one pass (memory: batch size × this many volumes).
-EG_SAMPLES_PER_PASS = 8
 #: The subject sets maps are made for (``all``: every labelled evaluation subject).
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 
@@ -261,7 +259,6 @@ class BrainRun:
                 chunk = expected_gradients(ProbeLogit(encoder, self.probe(modality)), x,
                                            baselines=references, samples=settings.eg_samples,
                                            batch_size=settings.batch_size,
-                                           samples_batch_size=EG_SAMPLES_PER_PASS,
                                            seed=self.loaded.config.seed + start)[:, 0]
             else:
                 chunk = integrated_gradients(ProbeLogit(encoder, self.probe(modality)), x,
