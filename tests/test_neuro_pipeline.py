@@ -164,6 +164,25 @@ def test_saliency_maps_of_every_method_are_nifti_in_the_input_space(neuro_run):
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cached_maps_keep_attributions_too_small_for_float16(neuro_run):
+    """A probe's gradient per voxel shrinks with the grid (and with a strongly regularised
+    probe); the cache must return what was computed, not float16's rounding of it to zero."""
+    from mmssl.runs.brainrun import MapSettings, open_brain_run
+
+    settings = MapSettings(ig_steps=3, batch_size=8)
+    brain_run = open_brain_run(neuro_run)
+    brain_run.probe("falff").model[-1].coef_ *= 1e-6  # attributions around 1e-9 and below
+    path = neuro_run / "saliency" / "maps" / "test" / f"falff-{settings.key('ig')}.npy"
+    try:
+        computed = brain_run.maps("falff", "ig", "test", settings)
+        assert 0 < np.abs(computed).max() < 1e-5  # below float16's smallest normal number
+        again = open_brain_run(neuro_run).maps("falff", "ig", "test", settings)  # the cache
+        np.testing.assert_array_equal(again, computed)
+        assert np.load(path).dtype == np.float32
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def test_regions_tests_groups_and_names_clusters(neuro_run):
     assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4",
                  "--permutations", "50", "--split", "all"]) == 0

@@ -18,9 +18,10 @@ map of a model can localise on a cohort: a map cannot show a group difference th
 not carry, and a learned map that localises no better than ``input`` adds nothing to it.
 
 Maps of a split are computed once and kept in ``saliency/maps/<split>/<modality>-<method>.npy``
-(float16) with their subjects in ``saliency/maps/<split>/<modality>-subjects.csv``: the
-subjects whose session has that modality (an incomplete cohort maps each modality where it is
-present).
+(float32, as computed: a probe's gradient with respect to one voxel of a large grid can be
+smaller than float16 resolves) with their subjects in
+``saliency/maps/<split>/<modality>-subjects.csv``: the subjects whose session has that modality
+(an incomplete cohort maps each modality where it is present).
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ class BrainRun:
         subjects = self.subjects(split, [modality])
         if path.is_file():
             cached = np.load(path, allow_pickle=False)
-            if len(cached) == len(subjects):
-                return cached.astype(np.float32)
+            # float16 files of earlier versions are recomputed: they lost small attributions
+            if len(cached) == len(subjects) and cached.dtype == np.float32:
+                return cached
         rows = self.rows(split, [modality])
         encoder = self.loaded.model.probe_encoders()[""][modality].to(self.loaded.device)
         if method == "latent" and isinstance(encoder, PCAEncoder):
@@ -265,10 +267,10 @@ class BrainRun:
                                              baseline=baseline, steps=settings.ig_steps,
                                              batch_size=settings.batch_size)[:, 0]
             maps.append(chunk.detach().float().cpu().numpy())
-        result = np.concatenate(maps) * self.brain
-        io.save_npy(path, result.astype(np.float16))
+        result = (np.concatenate(maps) * self.brain).astype(np.float32)
+        io.save_npy(path, result)
         io.write_text(folder / f"{modality}-subjects.csv", subjects.to_csv(index=False))
-        return result.astype(np.float32)
+        return result
 
 
 def open_brain_run(out: Path, *, device: str | None = None) -> BrainRun:
