@@ -159,6 +159,15 @@ class BrainRun:
         covariates = cohort.covariates.iloc[rows].reset_index(drop=True)
         return pd.concat([table, covariates], axis=1)
 
+    def covariates(self, split: str, modality: str,
+                   names: Sequence[str]) -> pd.DataFrame | None:
+        """The columns of ``names`` that can adjust a group test of ``modality``'s subjects in
+        ``split``: present, complete and not constant (``None`` when none is)."""
+        subjects = self.subjects(split, [modality])
+        present = [n for n in names if n in subjects.columns and subjects[n].notna().all()
+                   and subjects[n].nunique() > 1]
+        return subjects[present].reset_index(drop=True) if present else None
+
     def volumes(self, rows: np.ndarray, modality: str) -> torch.Tensor:
         """The preprocessed volumes of cohort rows, (N, 1, *grid)."""
         cohort = self.loaded.datamodule.cohort

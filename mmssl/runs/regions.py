@@ -65,14 +65,6 @@ def analysis_key(method: str, smooth_mm: float) -> str:
     return method if smooth_mm == 0 else f"{method}_s{smooth_mm:g}"
 
 
-def _covariates(brain_run: BrainRun, split: str, names: Sequence[str],
-                modality: str) -> pd.DataFrame | None:
-    subjects = brain_run.subjects(split, [modality])
-    present = [n for n in names if n in subjects.columns and subjects[n].notna().all()
-               and subjects[n].nunique() > 1]
-    return subjects[present].reset_index(drop=True) if present else None
-
-
 def run_regions(out: Path, *, method: str = "ig", split: str = "all",
                 permutations: int = 1000, alpha: float = 0.05,
                 covariates: Sequence[str] = DEFAULT_COVARIATES, atlas: str = "harvard_oxford",
@@ -102,7 +94,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     subjects = brain_run.subjects(split)
     labels = subjects["label"].to_numpy()
     keep = labels >= 0
-    design = _covariates(brain_run, split, covariates, brain_run.modalities[0])
+    design = brain_run.covariates(split, brain_run.modalities[0], covariates)
     truth = brain_run.truth_masks("effect")
     planted = (brain_run.truth.regions if brain_run.truth is not None else {})
     clusters, summaries = [], []
@@ -117,7 +109,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
         modality_started = time.perf_counter()
         labels = brain_run.subjects(split, [modality])["label"].to_numpy()
         keep = labels >= 0
-        design = _covariates(brain_run, split, covariates, modality)
+        design = brain_run.covariates(split, modality, covariates)
         adjust = design.loc[keep].reset_index(drop=True) if design is not None else None
         voxel_size = brain_run.grid.voxel_size
         maps = smooth_within_mask(brain_run.maps(modality, method, split, settings)[keep],

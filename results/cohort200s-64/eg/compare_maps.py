@@ -18,7 +18,7 @@ import numpy as np
 from mmssl.evaluation.group import voxelwise_group_test
 from mmssl.evaluation.saliency import localisation_auc
 from mmssl.runs.brainrun import MapSettings, open_brain_run
-from mmssl.runs.regions import DEFAULT_COVARIATES, _covariates
+from mmssl.runs.regions import DEFAULT_COVARIATES
 
 run_dir, out_path = sys.argv[1], sys.argv[2]
 brain_run = open_brain_run(run_dir)
@@ -29,7 +29,7 @@ report: dict = {}
 for modality in brain_run.modalities:
     labels = brain_run.subjects("all", [modality])["label"].to_numpy()
     keep = labels >= 0
-    design = _covariates(brain_run, "all", DEFAULT_COVARIATES, modality)
+    design = brain_run.covariates("all", modality, DEFAULT_COVARIATES)
     adjust = design.loc[keep].reset_index(drop=True)
     inputs = brain_run.maps(modality, "input", "all")[:, brain]
     centred = inputs - inputs.mean(0)
