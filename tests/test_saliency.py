@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -12,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import Tensor, nn
 
+from mmssl.evaluation.group import voxelwise_group_test
 from mmssl.evaluation.plots import plot_map
 from mmssl.evaluation.probe import fit_probe
 from mmssl.evaluation.saliency import (
@@ -20,6 +22,7 @@ from mmssl.evaluation.saliency import (
     ProbeLogit,
     expected_gradients,
     group_maps,
+    integrated_gradients,
     localisation_auc,
     smoothgrad,
 )
@@ -481,3 +484,31 @@ def test_cached_maps_of_seeded_methods_are_keyed_by_their_chunking() -> None:
     for method in ("latent", "ig"):
         assert one.key(method) == two.key(method)
     assert MapSettings(eg_samples=8).key("eg") != MapSettings(eg_samples=16).key("eg")
+
+
+def test_group_t_of_integrated_gradients_is_the_inputs_t_when_the_gradient_is_constant() -> None:
+    """IG of a linear model from the mean volume gives (x − x̄)·g: at each voxel its group t is
+    the inputs' t times sign(g), so its localisation is the inputs' exactly (README, "What sets
+    a learned map's score"); a gradient that varies between subjects breaks the equality."""
+    side, n = 4, 24
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, side, side, side, generator=generator, dtype=torch.float64)
+    groups = np.repeat([0, 1], n // 2)
+    x[groups == 1, 0, :2] += 0.8  # a group difference in half of the volume
+    age = pd.DataFrame({"age": np.random.default_rng(1).normal(70, 5, n)})
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(side**3, 3)).double()
+    head = ProbeLogit(linear, coef=[1.0, -2.0, 0.5], intercept=0.3)
+    head.double()
+    gradient = (torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+                @ linear[1].weight.detach()).reshape(side, side, side).numpy()
+    attributions = integrated_gradients(head, x, baseline=x.mean(0), steps=3)[:, 0]
+
+    def t_map(maps: np.ndarray) -> np.ndarray:
+        return voxelwise_group_test(maps, groups, age, n_permutations=0).t_volume
+
+    t_inputs = t_map(x[:, 0].numpy())
+    np.testing.assert_allclose(t_map(attributions.detach().numpy()),
+                               np.sign(gradient) * t_inputs, rtol=1e-6, atol=1e-9)
+    varying = attributions.detach().numpy() * np.random.default_rng(2).uniform(0.2, 1.8, n)[
+        :, None, None, None]  # one gradient scale per subject
+    assert not np.allclose(np.abs(t_map(varying)), np.abs(t_inputs), rtol=1e-3)

@@ -36,8 +36,7 @@ from mmssl.analysis.comparisons import ModelPair, parse_pairs
 from mmssl.analysis.figures import png_description
 from mmssl.errors import ConfigError, RunDirError
 
-__all__ = ["BLOCK", "BlockSpec", "block_stamp", "parse_block_arguments", "refresh_document",
-           "render_block"]
+__all__ = ["BLOCK", "BlockSpec", "block_stamp", "parse_block_arguments", "refresh_document"]
 
 #: A generated block: its arguments, its body and the closing marker.
 BLOCK = re.compile(r"(?P<open><!-- BEGIN mmssl claims (?P<args>[^\n]*?) -->\n)"
@@ -122,14 +121,6 @@ def parse_block_arguments(text: str, where: str) -> BlockSpec:
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     return BlockSpec(tuple(scores), tuple(links), alpha, title, models, seeds, pairs, figure)
-
-
-def render_block(spec: BlockSpec, base: Path) -> str:
-    """The body of a block: results table, verdicts and comparisons, from the named files; with
-    ``spec.figure`` the forest plot is written there and shown in the body."""
-    body, report = _render(spec, base)
-    _draw_figure(spec, base, report, block_stamp(body))
-    return body
 
 
 def _draw_figure(spec: BlockSpec, base: Path, report: ClaimsReport, stamp: str) -> None:

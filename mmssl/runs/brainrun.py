@@ -175,6 +175,11 @@ class BrainRun:
         order = np.argsort(np.argsort(rows))
         return torch.from_numpy(array[order]).unsqueeze(1)
 
+    def mean_volume(self, modality: str) -> torch.Tensor:
+        """The training subjects' mean preprocessed volume (1, *grid): the baseline from which
+        Integrated Gradients attribute (``ig`` maps, and the link variates' maps)."""
+        return self.volumes(self.rows("train", [modality]), modality).mean(0)
+
     def references(self, modality: str, count: int) -> torch.Tensor:
         """Up to ``count`` training volumes of ``modality`` (a seeded draw when there are more):
         the reference population of expected gradients."""
@@ -253,7 +258,7 @@ class BrainRun:
             latents = self.features["train"][modality]
             units = select_units(latents, settings.units)
         elif method == "ig":
-            baseline = self.volumes(self.rows("train", [modality]), modality).mean(0).to(device)
+            baseline = self.mean_volume(modality).to(device)
         elif method == "eg":
             references = self.references(modality, settings.eg_references).to(device)
         for start in range(0, len(rows), settings.batch_size):

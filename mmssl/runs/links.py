@@ -209,7 +209,7 @@ def _variate_map(brain_run: BrainRun, modality: str, pair: Sequence[str],
                  readout: LinearReadout, steps: int, batch_size: int) -> np.ndarray:
     """Mean |IG| of a canonical variate over the test subjects, from the training mean."""
     device = brain_run.loaded.device
-    baseline = brain_run.volumes(brain_run.rows("train", [modality]), modality).mean(0).to(device)
+    baseline = brain_run.mean_volume(modality).to(device)
     rows = brain_run.rows("test", pair)
     total = np.zeros(brain_run.grid.shape)
     for start in range(0, len(rows), batch_size):
