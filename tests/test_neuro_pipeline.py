@@ -183,6 +183,28 @@ def test_cached_maps_keep_attributions_too_small_for_float16(neuro_run):
         path.unlink(missing_ok=True)
 
 
+def test_cached_maps_are_made_again_after_another_evaluation(neuro_run):
+    """Maps depend on the evaluation's probe: once ``probe.json`` changes (``mmssl evaluate``
+    again), the maps cached from the earlier one must not be reused."""
+    from mmssl.runs.brainrun import MapSettings, open_brain_run
+
+    settings = MapSettings(ig_steps=3, batch_size=8)
+    probe_json = neuro_run / "probe.json"
+    original = probe_json.read_bytes()
+    path = neuro_run / "saliency" / "maps" / "test" / f"falff-{settings.key('ig')}.npy"
+    try:
+        first = open_brain_run(neuro_run).maps("falff", "ig", "test", settings)
+        info = json.loads(original)
+        info["default"]["chosen_C"]["falff"] *= 1e-3  # another regularisation, another probe
+        probe_json.write_text(json.dumps(info))
+        again = open_brain_run(neuro_run).maps("falff", "ig", "test", settings)
+        assert np.abs(again).max() < 0.5 * np.abs(first).max()
+        assert (neuro_run / "saliency" / "maps" / "test" / "evaluation.txt").is_file()
+    finally:
+        probe_json.write_bytes(original)
+        path.unlink(missing_ok=True)
+
+
 def test_regions_tests_groups_and_names_clusters(neuro_run):
     assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4",
                  "--permutations", "50", "--split", "all"]) == 0

@@ -21,11 +21,14 @@ Maps of a split are computed once and kept in ``saliency/maps/<split>/<modality>
 (float32, as computed: a probe's gradient with respect to one voxel of a large grid can be
 smaller than float16 resolves) with their subjects in
 ``saliency/maps/<split>/<modality>-subjects.csv``: the subjects whose session has that modality
-(an incomplete cohort maps each modality where it is present).
+(an incomplete cohort maps each modality where it is present). ``evaluation.txt`` in the folder
+names the evaluation the maps were made from (a digest of ``probe.json`` and ``features.npz``):
+after ``mmssl evaluate`` writes another, the folder's maps are made again rather than reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +69,8 @@ METHODS: tuple[str, ...] = ("latent", "smoothgrad", "ig", "eg")
 GROUP_METHODS: tuple[str, ...] = (*METHODS, "input")
 #: The subject sets maps are made for (``all``: every labelled evaluation subject).
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
+#: In a folder of cached maps: the evaluation they were made from.
+EVALUATION_STAMP = "evaluation.txt"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class BrainRun:
     labels: dict[str, np.ndarray]
     probe_info: dict[str, Any]
     truth: GroundTruth | None
+    evaluation: str = ""  # digest of probe.json and features.npz: what cached maps depend on
     _probes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -236,6 +242,7 @@ class BrainRun:
             volumes = self.volumes(self.rows(split, [modality]), modality)[:, 0].numpy()
             return (volumes * self.brain).astype(np.float32)
         folder = self.run.saliency / "maps" / split
+        self._claim_cache(folder)
         path = folder / f"{modality}-{settings.key(method)}.npy"
         subjects = self.subjects(split, [modality])
         if path.is_file():
@@ -287,6 +294,17 @@ class BrainRun:
         return result
 
 
+    def _claim_cache(self, folder: Path) -> None:
+        """Remove the folder's cached maps when they were made from another evaluation of the
+        run (or by a version that did not record it), and record this one."""
+        stamp = folder / EVALUATION_STAMP
+        if stamp.is_file() and stamp.read_text().strip() == self.evaluation:
+            return
+        for stale in folder.glob("*.npy"):
+            stale.unlink()
+        io.write_text(stamp, self.evaluation + "\n")
+
+
 def open_brain_run(out: Path, *, device: str | None = None) -> BrainRun:
     """Open an evaluated neuroimaging run for brain-space analyses."""
     run = RunDir(Path(out))
@@ -304,4 +322,8 @@ def open_brain_run(out: Path, *, device: str | None = None) -> BrainRun:
         truth = load_ground_truth(Path(config.data.settings.manifest))
     except FileNotFoundError:
         truth = None  # a real cohort: nothing planted to compare with
-    return BrainRun(loaded, features, labels, run.read_json(run.probe), truth)
+    digest = hashlib.sha256()
+    for path in (run.probe, run.features):
+        digest.update(path.read_bytes())
+    return BrainRun(loaded, features, labels, run.read_json(run.probe), truth,
+                    evaluation=digest.hexdigest()[:16])
