@@ -32,6 +32,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,6 @@ class BrainRun:
     labels: dict[str, np.ndarray]
     probe_info: dict[str, Any]
     truth: GroundTruth | None
-    evaluation: str = ""  # digest of probe.json and features.npz: what cached maps depend on
     _probes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -293,6 +293,14 @@ class BrainRun:
         io.write_text(folder / f"{modality}-subjects.csv", subjects.to_csv(index=False))
         return result
 
+    @cached_property
+    def evaluation(self) -> str:
+        """A digest of the run's ``probe.json`` and ``features.npz``: the evaluation that cached
+        maps depend on."""
+        digest = hashlib.sha256()
+        for path in (self.run.probe, self.run.features):
+            digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
 
     def _claim_cache(self, folder: Path) -> None:
         """Remove the folder's cached maps when they were made from another evaluation of the
@@ -322,8 +330,4 @@ def open_brain_run(out: Path, *, device: str | None = None) -> BrainRun:
         truth = load_ground_truth(Path(config.data.settings.manifest))
     except FileNotFoundError:
         truth = None  # a real cohort: nothing planted to compare with
-    digest = hashlib.sha256()
-    for path in (run.probe, run.features):
-        digest.update(path.read_bytes())
-    return BrainRun(loaded, features, labels, run.read_json(run.probe), truth,
-                    evaluation=digest.hexdigest()[:16])
+    return BrainRun(loaded, features, labels, run.read_json(run.probe), truth)
