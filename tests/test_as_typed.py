@@ -188,8 +188,9 @@ def test_the_readme_brain_commands_typed_from_a_project_folder(tmp_path: Path) -
 
 
 def test_the_pca_encoder_link_commands_typed_from_a_project_folder(tmp_path: Path) -> None:
-    """README "A learner that fits the sample size", as typed: RR on the PCA-stem encoder, then
-    links; the stem is fitted once, recorded, and refused where its maps mean nothing."""
+    """README "What the brain analyses found, in short" (the `pca_rr` link commands), as typed:
+    RR on the PCA-stem encoder, then links; the stem is fitted once, recorded, and refused where
+    its maps mean nothing."""
     ok(mmssl(tmp_path, "simulate", "--out", "cohort60", "--subjects", "60", "--seed", "3",
              "--voxel-size", "8", "--coupling", "0.3"))
     too_many = mmssl(tmp_path, "run", "--preset", "neuro-quick", "--preset", "pca_rr",

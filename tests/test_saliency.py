@@ -488,7 +488,7 @@ def test_cached_maps_of_seeded_methods_are_keyed_by_their_chunking() -> None:
 
 def test_group_t_of_integrated_gradients_is_the_inputs_t_when_the_gradient_is_constant() -> None:
     """IG of a linear model from the mean volume gives (x − x̄)·g: at each voxel its group t is
-    the inputs' t times sign(g), so its localisation is the inputs' exactly (README, "What sets
+    the inputs' t times sign(g), so its localisation is the inputs' exactly (BRAIN.md, "What sets
     a learned map's score"); a gradient that varies between subjects breaks the equality."""
     side, n = 4, 24
     generator = torch.Generator().manual_seed(0)

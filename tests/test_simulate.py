@@ -619,7 +619,7 @@ def _falff_voxel_localisation(cohort: Path) -> float:
 
 def test_smooth_falff_variation_keeps_the_region_hard_and_lets_voxels_show_it(
         tmp_path: Path) -> None:
-    """Large-scale fALFF variation (README, "The fALFF effect, localised"): the planted region's
+    """Large-scale fALFF variation (BRAIN.md, "The fALFF effect, localised"): the planted region's
     mean stays harder to classify than the T1 one, while each voxel carries the effect."""
     from mmssl.data.neuro import Preprocessing
     from mmssl.data.neuro.simulate import oracle_roi_auc

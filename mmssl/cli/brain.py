@@ -275,11 +275,11 @@ def simulate_parser(parser: ArgumentParser) -> None:
         "t1_effect": "grey-matter loss at full severity in the T1 regions (default 0.22)",
         "falff_effect": "fALFF decrease at full severity in its regions (default 0.08)",
         "coupling": "structure–function coupling strength; 0 plants no link (default 0.1; at "
-                    "400 subjects a link shows from 0.2: README, \"A learner that fits the "
+                    "400 subjects a link shows from 0.2: BRAIN.md, \"A learner that fits the "
                     "sample size\")",
         "noise": "T1 noise, relative (default 0.05)",
         "falff_noise": "fALFF noise, relative, before motion and site (default 0.25)",
-        "falff_noise_fwhm": "FWHM in mm of the fALFF noise field (default 8; README, \"The fALFF "
+        "falff_noise_fwhm": "FWHM in mm of the fALFF noise field (default 8; BRAIN.md, \"The fALFF "
                             "effect, localised\")",
         "falff_field_sd": "SD (log scale) of each subject's functional field, FWHM 12 mm "
                           "(default 0.12)",

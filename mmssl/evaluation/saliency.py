@@ -656,7 +656,7 @@ def expected_gradients(
     which for a deep network varies from subject to subject, and a voxel-wise group test of
     such maps tests that variation as much as the volumes. Expected gradients average the
     gradient over paths from the whole reference population instead. Measured on a simulated
-    cohort (README, "Two more routes to the fALFF map") this helps little: a constant gradient
+    cohort (BRAIN.md, "Two more routes to the fALFF map") this helps little: a constant gradient
     explains about the same share of the attributions' variance across subjects (61 % against
     59 % for IG on fALFF), because the variation lies in the network's gradient near each
     subject rather than in the path from one baseline.

@@ -1,6 +1,6 @@
 """A low-capacity encoder for cohorts of a few hundred subjects: a fixed PCA stem, a linear map.
 
-Why it exists (README, "A learner that fits the sample size"): with one DCGAN encoder per
+Why it exists (BRAIN.md, "A learner that fits the sample size"): with one DCGAN encoder per
 modality (3.8 M parameters at 64³) and 10²–10³ training subjects, the cross-modal InfoNCE terms
 fit a lookup table of the training pairs long before any shared structure, and on the project's
 simulator no trained DCGAN representation kept the planted structure–function coupling that a

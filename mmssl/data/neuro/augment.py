@@ -18,7 +18,7 @@ What a crop per modality costs: it misaligns the two volumes by up to ``2 * pad`
 signal shared voxel by voxel does not survive that — on a simulated cohort whose fALFF follows
 the subject's anatomy, a model-free matcher pairs 92.5 % of 200 subjects aligned and 2 % after a
 one-voxel shift per modality (:func:`mmssl.data.neuro.simulate.pairing_oracle` with
-``max_shift``). Neither choice lets RR learn such a pattern from a few hundred subjects (README,
+``max_shift``). Neither choice lets RR learn such a pattern from a few hundred subjects (BRAIN.md,
 "Why the contrastive objectives learn nothing here").
 """
 

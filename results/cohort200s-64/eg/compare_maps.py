@@ -1,4 +1,4 @@
-"""Integrated Gradients against expected gradients on one run (README, "Two more routes to the
+"""Integrated Gradients against expected gradients on one run (BRAIN.md, "Two more routes to the
 fALFF map"): for each modality, the localisation ROC AUC of the group t map (patients vs
 controls, adjusted for age, sex and site; no permutations: the t map does not depend on them)
 of the input, ig (16 steps) and eg (32 draws) maps of all subjects, and the median share of

@@ -124,8 +124,8 @@ the fALFF effect poorly at 200 subjects (the inputs' own t map localises it at R
 :data:`SMOOTH_FALFF` (``falff_noise=0.08, falff_noise_fwhm=24, falff_field_sd=0.06``) moves the
 variation to that scale: the oracle ROI probe gives fALFF 0.817, 0.790, 0.788 for seeds 0, 1, 2
 (T1 unchanged, :data:`SMOOTH_FALFF_CALIBRATION`), still the hard modality, while the inputs' t
-map localises the fALFF effect at 0.905 on the 200-subject cohort of seed 3 at 64³ (README, "The
-fALFF effect, localised").
+map localises the fALFF effect at 0.905 on the 200-subject cohort of seed 3 at 64³ (BRAIN.md,
+"The fALFF effect, localised").
 
 The planted links
 -----------------

@@ -140,7 +140,7 @@ class SimulationSettings:
         falff_noise_fwhm: FWHM (mm) of the fALFF noise field. Real fALFF maps are computed from
             BOLD series smoothed in preprocessing, so their between-scan variation is smooth
             over centimetres; a larger FWHM at a smaller ``falff_noise`` keeps the diagnosis hard
-            to read from a region's mean while each voxel carries more of it (README, "The
+            to read from a region's mean while each voxel carries more of it (BRAIN.md, "The
             fALFF effect, localised").
         falff_field_sd: standard deviation (log scale) of each subject's functional field
             :math:`z'_i` in the fALFF map: individual variation of the functional topography
