@@ -226,6 +226,7 @@ def test_regions_tests_groups_and_names_clusters(neuro_run):
         assert entry["planted_regions"]  # the simulated cohort names its planted regions
         assert 0.0 <= entry["localisation_auc"]["t"] <= 1.0
         assert 0.0 <= entry["input_localisation_auc"] <= 1.0  # the model-free reference
+        assert -1.0 <= entry["input_abs_t_correlation"] <= 1.0
 
 
 def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
@@ -263,6 +264,51 @@ def test_regions_of_the_inputs_is_the_glm_of_the_smoothed_volumes(neuro_run):
     assert json.loads((neuro_run / "regions.json").read_text()) == latent  # the latest
     assert latent["modalities"]["t1"]["input_localisation_auc"] == pytest.approx(
         entry["localisation_auc"]["t"], abs=1e-9)
+    # how closely the learned map's |t| follows the inputs': Pearson's r of the two written maps
+    assert "input_abs_t_correlation" not in entry
+    latent_t = np.asarray(nib.load(neuro_run / latent["modalities"]["t1"]["maps"]["t"]).dataobj)
+    expected = np.corrcoef(np.abs(latent_t[brain_run.brain]), np.abs(t_map[brain_run.brain]))
+    assert latent["modalities"]["t1"]["input_abs_t_correlation"] == pytest.approx(
+        expected[0, 1], abs=1e-4)
+
+
+def test_regions_of_a_cohort_without_ground_truth_still_quotes_the_inputs(neuro_run, monkeypatch,
+                                                                         capsys):
+    """On a real cohort (no planted truth) nothing can be localised, but a learned map is still
+    read against the inputs' own test: the report gives how closely its |t| follows theirs."""
+    import dataclasses
+
+    import mmssl.runs.regions as regions
+    from mmssl.runs.brainrun import open_brain_run
+
+    def real_cohort(out, device=None):
+        return dataclasses.replace(open_brain_run(out, device=device), truth=None)
+
+    monkeypatch.setattr(regions, "open_brain_run", real_cohort)
+    assert main(["regions", str(neuro_run), "--method", "latent", "--units", "4",
+                 "--permutations", "10"]) == 0
+    assert "its |t| follows the inputs' own test at r = " in capsys.readouterr().out
+    report = json.loads((neuro_run / "regions.json").read_text())
+    for entry in report["modalities"].values():
+        assert "localisation_auc" not in entry and "input_localisation_auc" not in entry
+        assert -1.0 <= entry["input_abs_t_correlation"] <= 1.0
+
+
+def test_abs_t_correlation_is_pearson_of_the_absolute_maps():
+    from mmssl.runs.regions import abs_t_correlation
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((4, 5, 6), dtype=bool)
+    mask[1:3, 1:4, 1:5] = True
+    reference = rng.normal(size=mask.shape)
+    # a constant-gradient attribution map: the inputs' t times a sign per voxel, then scaled
+    signs = rng.choice([-1.0, 1.0], size=mask.shape)
+    assert abs_t_correlation(3.0 * signs * reference, reference, mask) == pytest.approx(1.0)
+    other = rng.normal(size=mask.shape)
+    other[~mask] = 1e6  # outside the brain: ignored
+    expected = np.corrcoef(np.abs(other[mask]), np.abs(reference[mask]))[0, 1]
+    assert abs_t_correlation(other, reference, mask) == pytest.approx(expected)
+    assert np.isnan(abs_t_correlation(np.ones(mask.shape), reference, mask))
 
 
 def test_audit_decodes_diagnosis_covariates_and_planted_latents(neuro_run, capsys):

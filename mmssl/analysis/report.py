@@ -59,20 +59,23 @@ def _recorded_figures(root: Path, recorded: Any) -> list[tuple[Path, str]]:
 
 
 def _regions_table(report: dict[str, Any]) -> Table:
-    """Per modality: FWE-significant voxels, clusters, and on a simulated cohort how the t map
-    localises the planted effect beside the model-free reference."""
+    """Per modality: FWE-significant voxels, clusters, on a simulated cohort how the t map
+    localises the planted effect beside the model-free reference, and how closely a learned
+    map's |t| follows the inputs' own test."""
     rows = []
     for modality, entry in report.get("modalities", {}).items():
         auc = entry.get("localisation_auc", {}).get("t")
         reference = entry.get("input_localisation_auc")
+        follows = entry.get("input_abs_t_correlation")
         rows.append([modality, str(entry.get("significant_voxels")), str(entry.get("clusters")),
                      "–" if auc is None else f"{auc:.3f}",
-                     "–" if reference is None else f"{reference:.3f}"])
+                     "–" if reference is None else f"{reference:.3f}",
+                     "–" if follows is None else f"{follows:.2f}"])
     return Table(f"{report.get('method')} maps, FWE p < {report.get('alpha')}, "
                  f"{report.get('permutations')} permutations, smoothing "
                  f"{report.get('smooth_fwhm_mm', 0)} mm",
                  ["modality", "significant voxels", "clusters", "localisation AUC",
-                  "inputs' localisation AUC"], rows)
+                  "inputs' localisation AUC", "r(|t|, inputs' |t|)"], rows)
 
 
 def _audit_table(report: dict[str, Any]) -> Table:

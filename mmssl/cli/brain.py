@@ -144,6 +144,9 @@ def cmd_regions(args: Any) -> int:
         if "input_localisation_auc" in entry:
             line += (f" (the inputs themselves, same test: "
                      f"{entry['input_localisation_auc']:.3f})")
+        if "input_abs_t_correlation" in entry:
+            line += (f"; its |t| follows the inputs' own test at r = "
+                     f"{entry['input_abs_t_correlation']:.2f}")
         console.print(line, soft_wrap=True)
     console.print(f"table: {Path(args.run_dir) / 'regions.csv'}; maps and figures: "
                   f"{Path(args.run_dir) / 'regions'}", soft_wrap=True)

@@ -14,8 +14,9 @@ also gets its mean statistic (:func:`~mmssl.evaluation.group.region_summary`).
 Written to ``regions/``: per modality the t map and the −log10 FWE p map as NIfTI, the
 thresholded map, glass-brain and slice figures; ``regions.csv`` (the clusters of every modality,
 strongest first), ``regions_summary.csv`` (regions by mean statistic) and ``regions.json`` (the
-settings, counts, timings and, on a simulated cohort, how the maps localise the planted
-effects and whether the planted regions lead the tables). Those three describe the latest
+settings, counts, timings, for a learned map how closely its |t| follows the inputs' own
+test, and on a simulated cohort how the maps localise the planted effects and whether the
+planted regions lead the tables). Those three describe the latest
 method run; each method and smoothing keeps its own copies in ``regions/`` (``regions_ig.csv``,
 ``regions_summary_ig.csv``, ``regions_ig.json``, …; with ``--smooth 8``, ``regions_ig_s8.csv``
 and so on, the NIfTI maps and figures named the same way), so ``ig`` and ``latent``, smoothed or
@@ -43,7 +44,7 @@ from mmssl.evaluation.saliency import localisation_auc
 from mmssl.evaluation.smoothing import fwhm_to_sigma_voxels, smooth_within_mask
 from mmssl.runs.brainrun import GROUP_METHODS, BrainRun, MapSettings, open_brain_run
 
-__all__ = ["analysis_key", "planted_rank", "run_regions"]
+__all__ = ["abs_t_correlation", "analysis_key", "planted_rank", "run_regions"]
 
 log = logging.getLogger("mmssl")
 
@@ -60,6 +61,23 @@ def planted_rank(table: pd.DataFrame, column: str, planted: Sequence[str]) -> in
     return None
 
 
+def abs_t_correlation(t_map: np.ndarray, reference_t: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson's r between |t| of a map and |t| of the inputs' own test, over the brain.
+
+    r(|t|, |t_input|) = cov(|t|, |t_input|) / (sd(|t|) sd(|t_input|)), voxels of ``mask``. Near
+    1: the map's group difference is where the inputs' is and as strong, the first-order
+    behaviour of any gradient × input map (an Integrated-Gradients map with a gradient that is
+    the same in every subject has |t| = |t_input| at every voxel, r = 1). Lower: the network
+    reweights the inputs' difference from subject to subject, or shows one they do not have.
+    NaN when either map is constant.
+    """
+    a = np.abs(np.asarray(t_map, dtype=np.float64)[mask])
+    b = np.abs(np.asarray(reference_t, dtype=np.float64)[mask])
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def analysis_key(method: str, smooth_mm: float) -> str:
     """The name of one ``regions`` analysis's files: ``ig``, or ``ig_s8`` smoothed at 8 mm."""
     return method if smooth_mm == 0 else f"{method}_s{smooth_mm:g}"
@@ -73,9 +91,11 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     """Group inference on one method's per-subject maps; writes regions/ and regions.csv.
 
     ``smooth_mm`` > 0 smooths every subject's map inside the brain with a Gaussian of that FWHM
-    first (:func:`~mmssl.evaluation.smoothing.smooth_within_mask`). On a simulated cohort the
-    report also gives the localisation of the ``input`` reference under the same model and
-    smoothing (its t map only), so a learned map is read against what the inputs carry.
+    first (:func:`~mmssl.evaluation.smoothing.smooth_within_mask`). For every method but
+    ``input`` the report also tests the inputs themselves under the same model and smoothing
+    (t map only) and gives how closely the map's |t| follows theirs
+    (:func:`abs_t_correlation`), and on a simulated cohort the inputs' localisation, so a learned
+    map is read against what the inputs carry.
     """
     fwhm_to_sigma_voxels(smooth_mm, (1.0,))  # validates before anything is loaded
     if method not in GROUP_METHODS:
@@ -148,17 +168,22 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
             "clusters": len(table), "max_abs_t": float(np.abs(t_volume).max()),
             "seconds": round(time.perf_counter() - modality_started, 1),
         }
+        reference_t = None
+        if method != "input":  # the model-free reference: the inputs, same GLM and smoothing
+            inputs = smooth_within_mask(brain_run.maps(modality, "input", split)[keep],
+                                        brain_run.brain, smooth_mm, voxel_size)
+            reference_t = voxelwise_group_test(inputs, labels[keep], adjust,
+                                               mask=brain_run.brain, n_permutations=0).t_volume
+            del inputs
+            entry["input_abs_t_correlation"] = abs_t_correlation(t_volume, reference_t,
+                                                                 brain_run.brain)
         if modality in truth:
             entry["localisation_auc"] = {
                 "t": localisation_auc(np.abs(t_volume), truth[modality], brain_run.brain),
                 "difference": localisation_auc(
                     np.abs(maps[labels[keep] == 1].mean(0) - maps[labels[keep] == 0].mean(0)),
                     truth[modality], brain_run.brain)}
-            if method != "input":  # the model-free reference, same GLM and smoothing
-                inputs = smooth_within_mask(brain_run.maps(modality, "input", split)[keep],
-                                            brain_run.brain, smooth_mm, voxel_size)
-                reference_t = voxelwise_group_test(inputs, labels[keep], adjust,
-                                                   mask=brain_run.brain, n_permutations=0).t_volume
+            if reference_t is not None:
                 entry["input_localisation_auc"] = localisation_auc(
                     np.abs(reference_t), truth[modality], brain_run.brain)
             regions = planted.get((modality, "effect"), ())
