@@ -17,7 +17,12 @@ import pytest
 from scipy import stats
 
 from mmssl.evaluation.clusters import cluster_table, region_summary
-from mmssl.evaluation.group import design_matrix, to_volume, voxelwise_group_test
+from mmssl.evaluation.group import (
+    abs_t_correlation,
+    design_matrix,
+    to_volume,
+    voxelwise_group_test,
+)
 
 # ------------------------------------------------------------------------------------------
 # Independent oracles
@@ -500,3 +505,19 @@ def test_to_volume_round_trips_and_checks_sizes():
     assert flat.dtype == bool and flat[0, 1, 2] and flat.sum() == 1
     with pytest.raises(ValueError, match="in-mask values"):
         to_volume(np.ones(3), mask)
+
+
+def test_abs_t_correlation_is_pearson_of_the_absolute_maps() -> None:
+    """r of |t| maps over the mask: 1 for a constant-gradient attribution map (the inputs' t
+    times a sign and a scale at every voxel), numpy's r otherwise, NaN for a constant map."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((4, 5, 6), dtype=bool)
+    mask[1:3, 1:4, 1:5] = True
+    reference = rng.normal(size=mask.shape)
+    signs = rng.choice([-1.0, 1.0], size=mask.shape)
+    assert abs_t_correlation(3.0 * signs * reference, reference, mask) == pytest.approx(1.0)
+    other = rng.normal(size=mask.shape)
+    other[~mask] = 1e6  # outside the brain: ignored
+    expected = np.corrcoef(np.abs(other[mask]), np.abs(reference[mask]))[0, 1]
+    assert abs_t_correlation(other, reference, mask) == pytest.approx(expected)
+    assert np.isnan(abs_t_correlation(np.ones(mask.shape), reference, mask))

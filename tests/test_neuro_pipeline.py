@@ -294,23 +294,6 @@ def test_regions_of_a_cohort_without_ground_truth_still_quotes_the_inputs(neuro_
         assert -1.0 <= entry["input_abs_t_correlation"] <= 1.0
 
 
-def test_abs_t_correlation_is_pearson_of_the_absolute_maps():
-    from mmssl.runs.regions import abs_t_correlation
-
-    rng = np.random.default_rng(0)
-    mask = np.zeros((4, 5, 6), dtype=bool)
-    mask[1:3, 1:4, 1:5] = True
-    reference = rng.normal(size=mask.shape)
-    # a constant-gradient attribution map: the inputs' t times a sign per voxel, then scaled
-    signs = rng.choice([-1.0, 1.0], size=mask.shape)
-    assert abs_t_correlation(3.0 * signs * reference, reference, mask) == pytest.approx(1.0)
-    other = rng.normal(size=mask.shape)
-    other[~mask] = 1e6  # outside the brain: ignored
-    expected = np.corrcoef(np.abs(other[mask]), np.abs(reference[mask]))[0, 1]
-    assert abs_t_correlation(other, reference, mask) == pytest.approx(expected)
-    assert np.isnan(abs_t_correlation(np.ones(mask.shape), reference, mask))
-
-
 def test_audit_decodes_diagnosis_covariates_and_planted_latents(neuro_run, capsys):
     assert main(["audit", str(neuro_run), "--folds", "3", "--components", "8"]) == 0
     assert "What the representation encodes" in capsys.readouterr().out

@@ -144,7 +144,7 @@ def cmd_regions(args: Any) -> int:
         if "input_localisation_auc" in entry:
             line += (f" (the inputs themselves, same test: "
                      f"{entry['input_localisation_auc']:.3f})")
-        if "input_abs_t_correlation" in entry:
+        if entry.get("input_abs_t_correlation") is not None:
             line += (f"; its |t| follows the inputs' own test at r = "
                      f"{entry['input_abs_t_correlation']:.2f}")
         console.print(line, soft_wrap=True)

@@ -80,6 +80,7 @@ from scipy import stats
 __all__ = [
     "Design",
     "GroupTest",
+    "abs_t_correlation",
     "design_matrix",
     "to_volume",
     "voxelwise_group_test",
@@ -573,3 +574,20 @@ def voxelwise_group_test(
         dropped=design.dropped,
         degenerate=degenerate,
     )
+
+
+def abs_t_correlation(t_map: ArrayLike, reference_t: ArrayLike, mask: ArrayLike) -> float:
+    """Pearson's r between |t| of a map and |t| of the inputs' own test, over the brain.
+
+    r(|t|, |t_input|) = cov(|t|, |t_input|) / (sd(|t|) sd(|t_input|)) over the voxels of
+    ``mask``. Near 1: the map's group difference lies where the inputs' does, in the same
+    proportions — the first-order behaviour of a gradient × input map (Integrated Gradients,
+    Sundararajan et al., ICML 2017, with a gradient that is the same in every subject gives
+    |t| = |t_input| at every voxel, r = 1). Lower: the network reweights the inputs' difference
+    from subject to subject, or shows one they do not have. NaN when either map is constant.
+    """
+    a = np.abs(np.asarray(t_map, dtype=np.float64)[np.asarray(mask, dtype=bool)])
+    b = np.abs(np.asarray(reference_t, dtype=np.float64)[np.asarray(mask, dtype=bool)])
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])

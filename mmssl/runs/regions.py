@@ -38,13 +38,13 @@ import pandas as pd
 from mmssl import io
 from mmssl.data.neuro.atlas import Atlas, load_atlas, normalise_name
 from mmssl.evaluation.clusters import cluster_table, region_summary
-from mmssl.evaluation.group import voxelwise_group_test
+from mmssl.evaluation.group import abs_t_correlation, voxelwise_group_test
 from mmssl.evaluation.plots import plot_map
 from mmssl.evaluation.saliency import localisation_auc
 from mmssl.evaluation.smoothing import fwhm_to_sigma_voxels, smooth_within_mask
 from mmssl.runs.brainrun import GROUP_METHODS, BrainRun, MapSettings, open_brain_run
 
-__all__ = ["abs_t_correlation", "analysis_key", "planted_rank", "run_regions"]
+__all__ = ["analysis_key", "planted_rank", "run_regions"]
 
 log = logging.getLogger("mmssl")
 
@@ -59,23 +59,6 @@ def planted_rank(table: pd.DataFrame, column: str, planted: Sequence[str]) -> in
         if any(w in normalise_name(name) for w in wanted):
             return rank
     return None
-
-
-def abs_t_correlation(t_map: np.ndarray, reference_t: np.ndarray, mask: np.ndarray) -> float:
-    """Pearson's r between |t| of a map and |t| of the inputs' own test, over the brain.
-
-    r(|t|, |t_input|) = cov(|t|, |t_input|) / (sd(|t|) sd(|t_input|)), voxels of ``mask``. Near
-    1: the map's group difference is where the inputs' is and as strong, the first-order
-    behaviour of any gradient × input map (an Integrated-Gradients map with a gradient that is
-    the same in every subject has |t| = |t_input| at every voxel, r = 1). Lower: the network
-    reweights the inputs' difference from subject to subject, or shows one they do not have.
-    NaN when either map is constant.
-    """
-    a = np.abs(np.asarray(t_map, dtype=np.float64)[mask])
-    b = np.abs(np.asarray(reference_t, dtype=np.float64)[mask])
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def analysis_key(method: str, smooth_mm: float) -> str:
@@ -94,8 +77,9 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
     first (:func:`~mmssl.evaluation.smoothing.smooth_within_mask`). For every method but
     ``input`` the report also tests the inputs themselves under the same model and smoothing
     (t map only) and gives how closely the map's |t| follows theirs
-    (:func:`abs_t_correlation`), and on a simulated cohort the inputs' localisation, so a learned
-    map is read against what the inputs carry.
+    (:func:`~mmssl.evaluation.group.abs_t_correlation`; null for a constant map), and on a
+    simulated cohort the inputs' localisation, so a learned map is read against what the
+    inputs carry.
     """
     fwhm_to_sigma_voxels(smooth_mm, (1.0,))  # validates before anything is loaded
     if method not in GROUP_METHODS:
@@ -166,7 +150,6 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
         entry: dict[str, Any] = {
             "maps": paths, "significant_voxels": int(significant.sum()),
             "clusters": len(table), "max_abs_t": float(np.abs(t_volume).max()),
-            "seconds": round(time.perf_counter() - modality_started, 1),
         }
         reference_t = None
         if method != "input":  # the model-free reference: the inputs, same GLM and smoothing
@@ -175,8 +158,8 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
             reference_t = voxelwise_group_test(inputs, labels[keep], adjust,
                                                mask=brain_run.brain, n_permutations=0).t_volume
             del inputs
-            entry["input_abs_t_correlation"] = abs_t_correlation(t_volume, reference_t,
-                                                                 brain_run.brain)
+            follows = abs_t_correlation(t_volume, reference_t, brain_run.brain)
+            entry["input_abs_t_correlation"] = None if np.isnan(follows) else follows
         if modality in truth:
             entry["localisation_auc"] = {
                 "t": localisation_auc(np.abs(t_volume), truth[modality], brain_run.brain),
@@ -191,6 +174,7 @@ def run_regions(out: Path, *, method: str = "ig", split: str = "all",
             entry["planted_rank_in_summary"] = planted_rank(summary, "region", regions)
             entry["planted_rank_in_clusters"] = (planted_rank(table, "peak_region", regions)
                                                  if len(table) else None)
+        entry["seconds"] = round(time.perf_counter() - modality_started, 1)
         report["modalities"][modality] = entry
     all_clusters = pd.concat(clusters, ignore_index=True)
     all_clusters["abs_peak"] = all_clusters["peak_stat"].abs() if len(all_clusters) else []
