@@ -586,8 +586,9 @@ def abs_t_correlation(t_map: ArrayLike, reference_t: ArrayLike, mask: ArrayLike)
     |t| = |t_input| at every voxel, r = 1). Lower: the network reweights the inputs' difference
     from subject to subject, or shows one they do not have. NaN when either map is constant.
     """
-    a = np.abs(np.asarray(t_map, dtype=np.float64)[np.asarray(mask, dtype=bool)])
-    b = np.abs(np.asarray(reference_t, dtype=np.float64)[np.asarray(mask, dtype=bool)])
+    inside = np.asarray(mask, dtype=bool)
+    a = np.abs(np.asarray(t_map, dtype=np.float64)[inside])
+    b = np.abs(np.asarray(reference_t, dtype=np.float64)[inside])
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
